@@ -1,0 +1,1 @@
+"""pykka actors: shards hosting vessel entities, the batcher, storage writers."""

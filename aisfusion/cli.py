@@ -1,0 +1,185 @@
+"""Command line: `aisfusion run | demo | replay | simulate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from aisfusion import logs
+from aisfusion.config import Config, load
+from aisfusion.errors import AisFusionError, ConfigError
+
+log = logging.getLogger(__name__)
+DEFAULT_CONFIG = "config.toml"
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set section.key=value` pairs; values are parsed leniently like environment values."""
+    out: dict[str, dict[str, Any]] = {}
+    problems = []
+    for pair in pairs:
+        path, sep, value = pair.partition("=")
+        section, dot, key = path.partition(".")
+        if not sep or not dot:
+            problems.append(f"--set {pair!r}: expected SECTION.KEY=VALUE")
+            continue
+        out.setdefault(section, {})[key] = value
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = args.config
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    overrides = _overrides(args.set or [])
+    # CLI values arrive as strings, like environment values: convert them leniently.
+    env = dict(os.environ)
+    for section, values in overrides.items():
+        for key, value in values.items():
+            env[f"AISFUSION_{section.upper()}__{key.upper()}"] = value
+    return load(path, environ=env)
+
+
+async def _run(config: Config) -> int:
+    from aisfusion.app import Service
+
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.error("second signal: stopping hard")
+            os._exit(130)  # the embedded servers die with us (parent-death signal)
+        log.info("stopping gracefully (send again to force)")
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    service = Service(config)
+    try:
+        await service.start()
+        await stop.wait()
+    finally:
+        await service.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aisfusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help=f"TOML settings file (default: ./{DEFAULT_CONFIG})")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="SECTION.KEY=VALUE",
+            help="override one setting (repeatable); beats environment and file",
+        )
+
+    run = sub.add_parser("run", help="run the service")
+    with_config(run)
+
+    demo = sub.add_parser("demo", help="embedded servers + simulated receivers + summary")
+    with_config(demo)
+    demo.add_argument("--vessels", type=int, default=300)
+    demo.add_argument("--duration", type=float, default=20.0, help="seconds of traffic")
+    demo.add_argument("--rate", type=float, default=None, help="cap on lines/s")
+    demo.add_argument("--seed", type=int, default=1)
+
+    replay = sub.add_parser("replay", help="send a recorded NMEA file to a service over TCP")
+    replay.add_argument("file", type=Path)
+    replay.add_argument("--to", type=_endpoint, default=("127.0.0.1", 10110), metavar="HOST:PORT")
+    replay.add_argument("--rate", type=float, default=None, help="lines/s (default: full speed)")
+
+    sim = sub.add_parser("simulate", help="send simulated AIS traffic to a service over TCP")
+    sim.add_argument("--to", type=_endpoint, default=("127.0.0.1", 10110), metavar="HOST:PORT")
+    sim.add_argument("--vessels", type=int, default=1000)
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds")
+    sim.add_argument("--rate", type=float, default=None, help="cap on lines/s")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--station", default="sim-rx", help="tag-block s: of the receiver")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            config = _load(args)
+            logs.configure(config.log.level)
+            return uvloop.run(_run(config))
+        if args.command == "demo":
+            from aisfusion.demo import run_demo
+
+            config = _load(args)
+            logs.configure("WARNING")
+            summary = uvloop.run(
+                run_demo(
+                    config,
+                    vessels=args.vessels,
+                    duration_s=args.duration,
+                    rate=args.rate,
+                    seed=args.seed,
+                )
+            )
+            return 0 if summary["positions_stored"] > 0 else 1
+        logs.configure("INFO")
+        from aisfusion import replay as rp
+
+        def progress(sent: int) -> None:
+            print(f"sent {sent} lines", file=sys.stderr, flush=True)
+
+        if args.command == "replay":
+            host, port = args.to
+            sent = uvloop.run(
+                rp.send_lines(
+                    rp.read_file_lines(args.file), host, port, rate=args.rate, progress=progress
+                )
+            )
+        else:
+            host, port = args.to
+            sent = uvloop.run(
+                rp.simulate(
+                    host,
+                    port,
+                    vessels=args.vessels,
+                    rate=args.rate,
+                    duration_s=args.duration,
+                    seed=args.seed,
+                    station=args.station,
+                    progress=progress,
+                )
+            )
+        print(f"sent {sent} lines", flush=True)
+        return 0
+    except ConfigError as exc:
+        print(f"aisfusion: {exc}", file=sys.stderr)
+        return 2
+    except AisFusionError as exc:
+        print(f"aisfusion: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"aisfusion: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Feed side: asyncio listeners, NMEA framing, tag blocks, fragment reassembly."""

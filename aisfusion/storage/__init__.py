@@ -1,0 +1,1 @@
+"""Storage: PostgreSQL, Redis, the embedded-server manager and the asyncio bridge."""

@@ -1,0 +1,1 @@
+"""Supervision: restart policy and supervisors for storage writers."""
