@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
@@ -145,7 +145,7 @@ class Service:
             cfg.actors.shards,
         )
 
-    async def drain(self, timeout: float = 60.0) -> None:
+    async def drain(self, deadline_s: float = 60.0) -> None:
         """Write everything accepted so far to Redis and Postgres before returning."""
         loop = asyncio.get_running_loop()
 
@@ -153,11 +153,11 @@ class Service:
             # Shards first (their mailboxes are FIFO: a stats reply means earlier batches are
             # done), then the batcher, whose Flush waits for the Postgres writer.
             for shard in self.shards:
-                shard.ask(ShardStats(), timeout=timeout)
+                shard.ask(ShardStats(), timeout=deadline_s)
             if self.batcher is not None:
-                self.batcher.ask(Flush(), timeout=timeout)
+                self.batcher.ask(Flush(), timeout=deadline_s)
             if self.live_writer is not None:
-                self.live_writer.ask(Flush(), timeout=timeout)
+                self.live_writer.ask(Flush(), timeout=deadline_s)
 
         await loop.run_in_executor(None, _drain)
 
@@ -208,8 +208,7 @@ class Service:
     def vessel(self, mmsi: int, timeout: float = 5.0) -> dict[str, Any] | None:
         """One vessel's state from its shard (blocking: call off the feed loop)."""
         shard = self.shards[shard_of(mmsi, len(self.shards))]
-        result: dict[str, Any] | None = shard.ask(VesselQuery(mmsi), timeout=timeout)
-        return result
+        return cast(dict[str, Any] | None, shard.ask(VesselQuery(mmsi), timeout=timeout))
 
     def status(self) -> dict[str, Any]:
         """Read-only status for /status (blocking: call off the feed loop)."""

@@ -28,7 +28,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     pass
 
 
-class FeedConfig(_Section):
+class FeedConfig(_Section, frozen=True):
     host: str = "0.0.0.0"  # noqa: S104 - receivers connect from other machines
     port: Port = 10110
     source: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "tcp"
@@ -37,7 +37,7 @@ class FeedConfig(_Section):
     max_connections: PositiveInt = 256
 
 
-class ActorsConfig(_Section):
+class ActorsConfig(_Section, frozen=True):
     shards: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
     dedup_window_s: PositiveFloat = 5.0
     window_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
@@ -45,12 +45,12 @@ class ActorsConfig(_Section):
     max_lateness_s: PositiveFloat = 3600.0
 
 
-class BatcherConfig(_Section):
+class BatcherConfig(_Section, frozen=True):
     max_rows: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
     flush_interval_s: PositiveFloat = 0.5
 
 
-class PostgresConfig(_Section):
+class PostgresConfig(_Section, frozen=True):
     url: str = ""
     pool_min: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
     pool_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 4
@@ -58,7 +58,7 @@ class PostgresConfig(_Section):
     command_timeout_s: PositiveFloat = 30.0
 
 
-class RedisConfig(_Section):
+class RedisConfig(_Section, frozen=True):
     url: str = ""
     key_prefix: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")] = (
         "aisfusion:"
@@ -66,18 +66,18 @@ class RedisConfig(_Section):
     flush_interval_s: PositiveFloat = 0.05
 
 
-class EmbeddedConfig(_Section):
+class EmbeddedConfig(_Section, frozen=True):
     data_dir: str = ".aisfusion"
     run_as: str = "nobody"
     start_timeout_s: PositiveFloat = 60.0
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 9110
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, frozen=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -92,9 +92,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
-_SECTIONS: dict[str, type[_Section]] = {
-    f.name: f.type for f in msgspec.structs.fields(Config)  # type: ignore[misc]
-}
+_SECTIONS: dict[str, type[_Section]] = {f.name: f.type for f in msgspec.structs.fields(Config)}
 ENV_PREFIX = "AISFUSION_"
 
 
@@ -130,7 +128,9 @@ def _validate(raw: Mapping[str, Any], from_env: set[tuple[str, str]]) -> tuple[C
     for section, values in raw.items():
         cls = _SECTIONS.get(section)
         if cls is None:
-            problems.append(f"[{section}]: unknown section{_did_you_mean(section, list(_SECTIONS))}")
+            problems.append(
+                f"[{section}]: unknown section{_did_you_mean(section, list(_SECTIONS))}"
+            )
             continue
         if not isinstance(values, Mapping):
             problems.append(f"[{section}]: expected a table of settings")

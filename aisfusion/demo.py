@@ -101,8 +101,9 @@ async def run_demo(
             await asyncio.sleep(0.05)
         await service.drain()
         elapsed = time.monotonic() - started
-        assert service.postgres is not None and service.redis is not None
         pg, rd = service.postgres, service.redis
+        if pg is None or rd is None:
+            raise RuntimeError("demo: stores not connected")
         positions = await asyncio.wrap_future(
             service.bridge.submit(pg.fetchval("SELECT count(*) FROM positions"))
         )
@@ -110,7 +111,9 @@ async def run_demo(
             service.bridge.submit(pg.fetchval("SELECT count(DISTINCT mmsi) FROM positions"))
         )
         named = await asyncio.wrap_future(
-            service.bridge.submit(pg.fetchval("SELECT count(*) FROM vessels WHERE name IS NOT NULL"))
+            service.bridge.submit(
+                pg.fetchval("SELECT count(*) FROM vessels WHERE name IS NOT NULL")
+            )
         )
         live = await asyncio.wrap_future(service.bridge.submit(rd.live_count()))
         messages = _sample(service, "aisfusion_feed_messages_total", {"source": config.feed.source})
@@ -130,7 +133,10 @@ async def run_demo(
         print(f"  positions stored in PostgreSQL                {positions}", file=out)
         print(f"  live vessels in Valkey (activity index)       {live}", file=out)
         print(f"  messages received                             {int(messages)}", file=out)
-        print(f"  messages/s                                    {summary['messages_per_s']:.0f}", file=out)
+        print(
+            f"  messages/s                                    {summary['messages_per_s']:.0f}",
+            file=out,
+        )
         print(
             "  rejects                                       "
             + (", ".join(f"{k}={v}" for k, v in sorted(rejects.items())) or "none"),

@@ -68,8 +68,10 @@ def test_every_problem_is_reported_with_its_path(tmp_path: Path) -> None:
 
 
 def test_pool_bounds_are_cross_checked() -> None:
-    with pytest.raises(ConfigError, match="postgres.pool_min"):
-        load(None, environ={"AISFUSION_POSTGRES__POOL_MIN": "5", "AISFUSION_POSTGRES__POOL_MAX": "2"})
+    with pytest.raises(ConfigError, match=r"postgres\.pool_min"):
+        load(
+            None, environ={"AISFUSION_POSTGRES__POOL_MIN": "5", "AISFUSION_POSTGRES__POOL_MAX": "2"}
+        )
 
 
 def test_missing_file_and_bad_toml_are_named(tmp_path: Path) -> None:

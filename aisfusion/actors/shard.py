@@ -59,7 +59,11 @@ class ShardActor(pykka.ThreadingActor):
             case VesselQuery(mmsi=mmsi):
                 return self._snapshot(mmsi)
             case ShardStats():
-                return {"shard": self.index, "vessels": len(self.vessels), "processed": self.processed}
+                return {
+                    "shard": self.index,
+                    "vessels": len(self.vessels),
+                    "processed": self.processed,
+                }
             case _:
                 raise TypeError(f"shard {self.index}: unexpected message {message!r}")
 

@@ -14,7 +14,8 @@ from collections import Counter, deque
 from enum import IntEnum
 from typing import Any
 
-from pyais.messages import MSG_CLASS, bit_vector
+from pyais.bit_vector import bit_vector
+from pyais.messages import MSG_CLASS
 
 from aisfusion.messages import Position, RawMessage, StaticReport
 
@@ -23,9 +24,12 @@ STATIC_TYPES = frozenset({5, 19, 24})
 # Arrival times of lines read in one socket chunk are equal; history is keyed by (mmsi, ts), so
 # without a tag-block time two reports of one vessel in one chunk are spread by a microsecond.
 _TS_STEP = 1e-6
-# AIS "not available" sentinels: absent values, not measurements.
-_SOG_NA = 102.3
-_COG_NA = 360.0
+# AIS "not available" sentinels: absent values, not measurements. SAR aircraft (type 9) report
+# speed in whole knots and long-range reports (type 27) use coarser fields.
+_SOG_NA = {9: 1023.0, 27: 63.0}
+_COG_NA = {27: 511.0}
+_SOG_NA_DEFAULT = 102.3
+_COG_NA_DEFAULT = 360.0
 _HEADING_NA = 511
 
 
@@ -86,16 +90,20 @@ class Vessel:
 
         try:
             decoded = MSG_CLASS[msg.msg_type].from_vector(bit_vector(msg.payload, msg.fill_bits))
-        except Exception:  # noqa: BLE001 - any pyais failure is one counted bad message
+        except Exception:
             rejects["decode_error"] += 1
             return Outcome.REJECTED, None
         fields = decoded.asdict()
+        if fields.get("mmsi") != self.mmsi:
+            # pyais decodes truncated payloads leniently into empty fields.
+            rejects["decode_error"] += 1
+            return Outcome.REJECTED, None
         self.first_seen = min(self.first_seen, ts)
         self.last_seen = max(self.last_seen, ts)
         if msg.msg_type in POSITION_TYPES:
             return self._position(msg, fields, ts, rejects)
         if msg.msg_type in STATIC_TYPES:
-            return self._static(msg.msg_type, fields, ts)
+            return self._static(msg.msg_type, fields, ts, rejects)
         rejects["not_vessel_data"] += 1
         return Outcome.REJECTED, None
 
@@ -113,6 +121,8 @@ class Vessel:
             rejects["bad_position"] += 1
             return Outcome.REJECTED, None
         sog, cog, heading = f.get("speed"), f.get("course"), f.get("heading")
+        sog_na = _SOG_NA.get(msg.msg_type, _SOG_NA_DEFAULT)
+        cog_na = _COG_NA.get(msg.msg_type, _COG_NA_DEFAULT)
         last = self.last
         if last is not None and ts <= last.ts and not msg.has_tag_time:
             ts = last.ts + _TS_STEP
@@ -121,8 +131,8 @@ class Vessel:
             ts=ts,
             lat=lat,
             lon=lon,
-            sog=None if sog is None or sog >= _SOG_NA else float(sog),
-            cog=None if cog is None or cog >= _COG_NA else float(cog),
+            sog=None if sog is None or sog >= sog_na else float(sog),
+            cog=None if cog is None or cog >= cog_na else float(cog),
             heading=None if heading is None or heading == _HEADING_NA else int(heading),
             nav_status=_plain(f["status"]) if "status" in f else None,
             msg_type=msg.msg_type,
@@ -136,7 +146,7 @@ class Vessel:
         return Outcome.LIVE, position
 
     def _static(
-        self, msg_type: int, f: dict[str, Any], ts: float
+        self, msg_type: int, f: dict[str, Any], ts: float, rejects: Counter[str]
     ) -> tuple[Outcome, Position | StaticReport | None]:
         old = self.static or StaticReport(mmsi=self.mmsi, ts=ts)
         update: dict[str, Any] = {"ts": max(ts, old.ts)}
@@ -154,6 +164,9 @@ class Vessel:
             if f.get(key) is not None:
                 update[key] = int(f[key])
         changed = {k: v for k, v in update.items() if v is not None}
+        if len(changed) == 1:  # only "ts": a truncated report carried no static field
+            rejects["decode_error"] += 1
+            return Outcome.REJECTED, None
         self.static = StaticReport(**{**_static_dict(old), **changed})
         return Outcome.STATIC, self.static
 

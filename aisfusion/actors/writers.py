@@ -142,7 +142,11 @@ class LiveWriterActor(pykka.ThreadingActor):
                 return None
             case Tick():
                 now = self._clock()
-                if self._latest and now - self._last_flush >= self._interval and self._backoff.due():
+                if (
+                    self._latest
+                    and now - self._last_flush >= self._interval
+                    and self._backoff.due()
+                ):
                     self._write()
                 return None
             case Flush():

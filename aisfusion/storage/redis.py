@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from aisfusion.errors import PermanentStorageError, TransientStorageError
 from aisfusion.messages import Position
@@ -34,9 +35,9 @@ def _wrap(exc: RedisError, what: str) -> Exception:
     return PermanentStorageError(f"{what}: {exc!r}")
 
 
-def live_record(p: Position) -> dict[str, str]:
+def live_record(p: Position) -> dict[FieldT, EncodableT]:
     """The hash fields of one vessel's live record; absent values are left out."""
-    record = {"lat": repr(p.lat), "lon": repr(p.lon), "ts": f"{p.ts:.6f}", "src": p.source}
+    record: dict[FieldT, EncodableT] = {"lat": repr(p.lat), "lon": repr(p.lon), "ts": f"{p.ts:.6f}", "src": p.source}
     if p.sog is not None:
         record["sog"] = repr(p.sog)
     if p.cog is not None:
@@ -48,6 +49,10 @@ def live_record(p: Position) -> dict[str, str]:
     if p.station is not None:
         record["stn"] = p.station
     return record
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisStore:
@@ -103,7 +108,7 @@ class RedisStore:
 
     async def live(self, mmsi: int) -> dict[str, str]:
         raw = await self.client.hgetall(self.key("vessel", mmsi))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     async def live_count(self) -> int:
         return int(await self.client.zcard(self.key("seen")))
