@@ -23,7 +23,7 @@ POSITION_TYPES = frozenset({1, 2, 3, 9, 18, 19, 27})
 STATIC_TYPES = frozenset({5, 19, 24})
 # Arrival times of lines read in one socket chunk are equal; history is keyed by (mmsi, ts), so
 # without a tag-block time two reports of one vessel in one chunk are spread by a microsecond.
-_TS_STEP = 1e-6
+_US = 1_000_000
 # AIS "not available" sentinels: absent values, not measurements. SAR aircraft (type 9) report
 # speed in whole knots and long-range reports (type 27) use coarser fields.
 _SOG_NA = {9: 1023.0, 27: 63.0}
@@ -124,8 +124,10 @@ class Vessel:
         sog_na = _SOG_NA.get(msg.msg_type, _SOG_NA_DEFAULT)
         cog_na = _COG_NA.get(msg.msg_type, _COG_NA_DEFAULT)
         last = self.last
+        # History keeps microseconds: decide on that grid so distinct rows stay distinct.
+        ts = round(ts * _US) / _US
         if last is not None and ts <= last.ts and not msg.has_tag_time:
-            ts = last.ts + _TS_STEP
+            ts = (round(last.ts * _US) + 1) / _US
         position = Position(
             mmsi=self.mmsi,
             ts=ts,

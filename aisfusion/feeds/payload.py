@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from aisfusion.feeds.nmea import Reject
+
 #: Bits that carry the type, repeat indicator and MMSI: shorter payloads cannot be routed.
 MIN_BITS: Final = 38
 
@@ -25,11 +27,6 @@ _DEARMOR: Final = bytes(
 def invalid_chars(payload: bytes) -> bytes:
     """The characters of `payload` that are not valid six-bit armoring (empty when clean)."""
     return payload.translate(None, _VALID)
-
-
-def bit_length(payload: bytes, fill_bits: int) -> int:
-    """Number of payload bits once the trailing fill bits are dropped."""
-    return len(payload) * 6 - fill_bits
 
 
 def routing_fields(payload: bytes) -> tuple[int, int]:
@@ -50,14 +47,14 @@ def routing_fields(payload: bytes) -> tuple[int, int]:
     return v[0], mmsi
 
 
-def extract(payload: bytes, fill_bits: int) -> tuple[int, int] | str:
-    """Checked variant of `routing_fields`: ``(msg_type, mmsi)`` or a reject reason.
+def extract(payload: bytes, fill_bits: int) -> tuple[int, int] | Reject:
+    """Checked variant of `routing_fields`: ``(msg_type, mmsi)`` or why not.
 
-    Reasons are ``"bad_payload"`` (a character outside the armoring alphabet) and
-    ``"short_payload"`` (fewer than 38 bits after fill bits).
+    `Reject.BAD_PAYLOAD` for a character outside the armoring alphabet, and
+    `Reject.SHORT_PAYLOAD` for fewer than 38 bits once the fill bits are dropped.
     """
     if payload.translate(None, _VALID):
-        return "bad_payload"
+        return Reject.BAD_PAYLOAD
     if len(payload) * 6 - fill_bits < MIN_BITS:
-        return "short_payload"
+        return Reject.SHORT_PAYLOAD
     return routing_fields(payload)

