@@ -1,3 +1,3 @@
-"""aisfusion: one actor per vessel fusing live AIS feeds into Redis (live) and PostgreSQL (history)."""
+"""aisfusion: one actor per vessel fusing live AIS feeds into Redis and PostgreSQL."""
 
 __version__ = "0.1.0"

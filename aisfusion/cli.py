@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="embedded servers + simulated receivers + summary")
     with_config(demo)
-    demo.add_argument("--vessels", type=int, default=300)
+    demo.add_argument("--vessels", type=int, default=2000)
     demo.add_argument("--duration", type=float, default=20.0, help="seconds of traffic")
     demo.add_argument("--rate", type=float, default=None, help="cap on lines/s")
     demo.add_argument("--seed", type=int, default=1)

@@ -37,7 +37,12 @@ def _wrap(exc: RedisError, what: str) -> Exception:
 
 def live_record(p: Position) -> dict[FieldT, EncodableT]:
     """The hash fields of one vessel's live record; absent values are left out."""
-    record: dict[FieldT, EncodableT] = {"lat": repr(p.lat), "lon": repr(p.lon), "ts": f"{p.ts:.6f}", "src": p.source}
+    record: dict[FieldT, EncodableT] = {
+        "lat": repr(p.lat),
+        "lon": repr(p.lon),
+        "ts": f"{p.ts:.6f}",
+        "src": p.source,
+    }
     if p.sog is not None:
         record["sog"] = repr(p.sog)
     if p.cog is not None:

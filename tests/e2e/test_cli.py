@@ -1,0 +1,178 @@
+"""The command line as a person uses it: `aisfusion demo`, `aisfusion run` with signals,
+`aisfusion replay`, and a bad configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ais"
+CLI = [sys.executable, "-m", "aisfusion.cli"]
+
+
+@pytest.fixture(autouse=True)
+def _remove_relocated_postgres_data(tmp_path: Path) -> Iterator[None]:
+    """As root the embedded data may live outside tmp_path; remove it after each test."""
+    yield
+    for marker in tmp_path.rglob("postgres.location"):
+        shutil.rmtree(marker.read_text().strip(), ignore_errors=True)
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of `pid`, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_service(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    """`aisfusion run` on embedded servers and free ports; returns (process, feed, metrics)."""
+    env = {
+        **os.environ,
+        "AISFUSION_FEED__HOST": "127.0.0.1",
+        "AISFUSION_FEED__PORT": "0",
+        "AISFUSION_METRICS__PORT": "0",
+        "AISFUSION_EMBEDDED__DATA_DIR": str(tmp_path / "data"),
+        "AISFUSION_POSTGRES__URL": "",
+        "AISFUSION_REDIS__URL": "",
+    }
+    log = tmp_path / "service.log"
+    with log.open("w") as sink:  # a file, not a pipe: nobody has to keep reading it
+        proc = subprocess.Popen(
+            [*CLI, "run"], cwd=tmp_path, env=env, stderr=sink, stdout=subprocess.DEVNULL
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        match = re.search(
+            r"feed 127\.0\.0\.1:(\d+), metrics http://127\.0\.0\.1:(\d+)/", log.read_text()
+        )
+        if match:
+            return proc, int(match[1]), int(match[2])
+        if proc.poll() is not None:
+            pytest.fail(f"service exited with {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    pytest.fail("service did not start within 60 s")
+
+
+def test_demo_prints_a_summary_read_back_from_the_stores(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            *CLI,
+            "demo",
+            "--vessels",
+            "200",
+            "--duration",
+            "4",
+            "--set",
+            f"embedded.data_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "aisfusion demo summary" in out
+    numbers = {
+        key: int(re.search(rf"{key}.*?(\d+)\s*$", out, re.M)[1])  # type: ignore[index]
+        for key in ("vessels tracked", "positions stored in PostgreSQL", "live vessels in Valkey")
+    }
+    assert all(v > 0 for v in numbers.values()), out
+    assert numbers["live vessels in Valkey"] == numbers["vessels tracked"]
+
+
+def test_run_replay_then_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    proc, feed, metrics = start_service(tmp_path)
+    try:
+        servers = children(proc.pid)
+        assert len(servers) >= 2  # postgres (with its workers) and valkey
+        replay = subprocess.run(
+            [*CLI, "replay", str(DATA / "gfw-tools-mixed_types.nmea"), "--to", f"127.0.0.1:{feed}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert replay.returncode == 0, replay.stderr
+        assert "sent 109 lines" in replay.stdout
+        deadline = time.monotonic() + 20
+        url = f"http://127.0.0.1:{metrics}"
+        while True:
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+                body = resp.read().decode()
+            if 'aisfusion_feed_lines_total{source="tcp"} 109.0' in body:
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.1)
+        with urllib.request.urlopen(url + "/status", timeout=5) as resp:
+            status = json.loads(resp.read())
+        assert sum(s["processed"] for s in status["shards"]) > 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not [p for p in servers if alive(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigkill_leaves_no_server_behind(tmp_path: Path) -> None:
+    proc, _, _ = start_service(tmp_path)
+    servers = children(proc.pid)
+    assert len(servers) >= 2
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while [p for p in servers if alive(p)]:
+        assert time.monotonic() < deadline, [p for p in servers if alive(p)]
+        time.sleep(0.1)
+
+
+def test_bad_configuration_names_each_setting(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[feed]\nport = -1\n[batcher]\nmax_rowz = 3\n")
+    result = subprocess.run(
+        [*CLI, "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "feed.port" in result.stderr
+    assert "batcher.max_rowz: unknown setting (did you mean 'max_rows'?)" in result.stderr
