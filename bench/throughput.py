@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,10 @@ async def main(args: argparse.Namespace) -> None:
                 sys.exit(1)
         finally:
             await service.stop()
+            # As root the embedded PostgreSQL data may have been placed outside `tmp`.
+            location = Path(tmp) / "postgres.location"
+            if location.exists():
+                shutil.rmtree(location.read_text().strip(), ignore_errors=True)
 
 
 if __name__ == "__main__":

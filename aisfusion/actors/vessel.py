@@ -10,6 +10,7 @@ goes to history only and never moves the live position backwards.
 from __future__ import annotations
 
 import math
+from time import perf_counter
 from collections import Counter, deque
 from enum import IntEnum
 from typing import Any
@@ -71,7 +72,13 @@ class Vessel:
         max_future_skew_s: float,
         max_lateness_s: float,
         rejects: Counter[str],
+        stages: list[float] | None = None,
     ) -> tuple[Outcome, Position | StaticReport | None]:
+        """Dedup, decode, validate and decide one message.
+
+        `stages`, when given, accumulates seconds spent in [dedup, decode, decide].
+        """
+        started = perf_counter()
         ts = msg.received_at
         if not math.isfinite(ts):
             rejects["bad_time"] += 1
@@ -87,13 +94,27 @@ class Vessel:
                 rejects["duplicate"] += 1
                 return Outcome.REJECTED, None
         self.recent.append((msg.payload, ts))
-
+        deduped = perf_counter()
         try:
             decoded = MSG_CLASS[msg.msg_type].from_vector(bit_vector(msg.payload, msg.fill_bits))
-        except Exception:
+            fields = decoded.asdict()
+        except Exception:  # any pyais failure is one counted bad message, never raised
             rejects["decode_error"] += 1
             return Outcome.REJECTED, None
-        fields = decoded.asdict()
+        finally:
+            if stages is not None:
+                decoded_at = perf_counter()
+                stages[0] += deduped - started
+                stages[1] += decoded_at - deduped
+        try:
+            return self._decide(msg, fields, ts, rejects)
+        finally:
+            if stages is not None:
+                stages[2] += perf_counter() - decoded_at
+
+    def _decide(
+        self, msg: RawMessage, fields: dict[str, Any], ts: float, rejects: Counter[str]
+    ) -> tuple[Outcome, Position | StaticReport | None]:
         if fields.get("mmsi") != self.mmsi:
             # pyais decodes truncated payloads leniently into empty fields.
             rejects["decode_error"] += 1
