@@ -10,9 +10,9 @@ goes to history only and never moves the live position backwards.
 from __future__ import annotations
 
 import math
-from time import perf_counter
 from collections import Counter, deque
 from enum import IntEnum
+from time import perf_counter
 from typing import Any
 
 from pyais.bit_vector import bit_vector
