@@ -19,9 +19,8 @@ import pykka
 
 from aisfusion.actors.batcher import BatcherActor
 from aisfusion.actors.shard import ShardActor, ShardStats, VesselQuery
-from aisfusion.actors.writers import LiveWriterActor, PostgresWriterActor
 from aisfusion.config import Config
-from aisfusion.feeds.tcp import start_tcp_server
+from aisfusion.feeds.manager import FeedSet
 from aisfusion.httpd import MetricsServer
 from aisfusion.messages import Flush, Tick
 from aisfusion.metrics import Metrics
@@ -30,14 +29,18 @@ from aisfusion.storage.bridge import AsyncBridge
 from aisfusion.storage.embedded import EmbeddedServers
 from aisfusion.storage.postgres import PostgresStore
 from aisfusion.storage.redis import RedisStore
+from aisfusion.storage.spool import Spool
+from aisfusion.supervisors.breaker import BreakerState, CircuitBreaker
+from aisfusion.supervisors.storage import SpillInflight, StorageStatus, StorageSupervisor
+from aisfusion.supervisors.supervisor import Slot
 
 log = logging.getLogger(__name__)
 
 
 class Ticker:
-    """A thread that tells `Tick` to the actors that flush on time."""
+    """A thread that tells `Tick` to the actors that flush on time (and supervise)."""
 
-    def __init__(self, interval_s: float, targets: list[pykka.ActorRef[Any]]) -> None:
+    def __init__(self, interval_s: float, targets: list[pykka.ActorRef[Any] | Slot]) -> None:
         self._interval = interval_s
         self._targets = targets
         self._stop = threading.Event()
@@ -50,8 +53,10 @@ class Ticker:
         while not self._stop.wait(self._interval):
             tick = Tick(time.monotonic())
             for target in self._targets:
-                if target.is_alive():
+                try:
                     target.tell(tick)
+                except pykka.ActorDeadError:
+                    continue  # stopping, or being restarted by its supervisor
 
     def stop(self) -> None:
         self._stop.set()
@@ -71,10 +76,14 @@ class Service:
         self.redis: RedisStore | None = None
         self.shards: list[pykka.ActorRef[Any]] = []
         self.batcher: pykka.ActorRef[Any] | None = None
-        self.pg_writer: pykka.ActorRef[Any] | None = None
-        self.live_writer: pykka.ActorRef[Any] | None = None
+        self.storage: pykka.ActorRef[Any] | None = None
+        self.spool: Spool | None = None
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.failure: str | None = None
+        self.failed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: Ticker | None = None
-        self._feed: asyncio.Server | None = None
+        self._feed: FeedSet | None = None
         self._http: MetricsServer | None = None
         self.started_at: float | None = None
 
@@ -94,8 +103,38 @@ class Service:
             await self.stop(drain=False)
             raise
 
+    def _breaker(self, name: str) -> CircuitBreaker:
+        b = self.config.breaker
+        m = self.metrics
+
+        def moved(name: str, old: BreakerState, new: BreakerState, spent_s: float) -> None:
+            log.warning("breaker %s: %s -> %s", name, old, new)
+            m.breaker_transitions.labels(name, str(new)).inc()
+            m.breaker_state.labels(name, str(old)).set(0)
+            m.breaker_state.labels(name, str(new)).set(1)
+            if old is not BreakerState.CLOSED:
+                m.breaker_open_seconds.labels(name).inc(spent_s)
+
+        m.breaker_state.labels(name, str(BreakerState.CLOSED)).set(1)
+        return CircuitBreaker(
+            name,
+            failure_threshold=b.failure_threshold,
+            reset_base_s=b.reset_base_s,
+            reset_max_s=b.reset_max_s,
+            listener=moved,
+        )
+
+    def _escalate(self, reason: str) -> None:
+        """The root of the supervision tree: a child gave up, so the service stops (exit 1)."""
+        self.failure = reason
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.failed.set)
+
     async def _start(self) -> None:
         cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        # First, so that a second instance on the same directories fails before anything.
+        self.spool = Spool(cfg.spool.dir, fsync=cfg.spool.fsync)
         pg_url, redis_url = cfg.postgres.url, cfg.redis.url
         if not pg_url or not redis_url:
             self.embedded = EmbeddedServers(
@@ -118,21 +157,29 @@ class Service:
         await asyncio.wrap_future(self.bridge.submit(self.redis.connect()))
 
         m = self.metrics
-        self.pg_writer = PostgresWriterActor.start(self.postgres, self.bridge, m)
-        self.live_writer = LiveWriterActor.start(
-            self.redis, self.bridge, m, cfg.redis.flush_interval_s
+        self.breakers = {"postgres": self._breaker("postgres"), "redis": self._breaker("redis")}
+        self.storage = StorageSupervisor.start(
+            cfg,
+            self.postgres,
+            self.redis,
+            self.bridge,
+            m,
+            self._escalate,
+            self.spool,
+            self.breakers["postgres"],
+            self.breakers["redis"],
         )
-        self.batcher = BatcherActor.start(cfg.batcher, self.pg_writer)
+        live = self.storage.proxy().slot("live_writer").get()
+        self.batcher = BatcherActor.start(cfg.batcher, self.storage)
         self.shards = [
-            ShardActor.start(i, cfg.actors, self.batcher, self.live_writer, m)
-            for i in range(cfg.actors.shards)
+            ShardActor.start(i, cfg.actors, self.batcher, live, m) for i in range(cfg.actors.shards)
         ]
         tick = min(cfg.batcher.flush_interval_s, cfg.redis.flush_interval_s) / 2
-        self._ticker = Ticker(
-            max(0.005, min(tick, 0.25)), [self.batcher, self.live_writer, self.pg_writer]
-        )
+        self._ticker = Ticker(max(0.005, min(tick, 0.25)), [self.batcher, self.storage, live])
         self._ticker.start()
-        self._feed = await start_tcp_server(cfg.feed, Router(self.shards, m), m)
+        log.info("supervision tree:\n%s", self.tree_text())
+        self._feed = FeedSet()
+        await self._feed.start(cfg.feed, Router(self.shards, m), m)
         self._http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self)
         self._http.start()
         self.started_at = time.time()
@@ -145,21 +192,31 @@ class Service:
             cfg.actors.shards,
         )
 
-    async def drain(self, deadline_s: float = 60.0) -> None:
-        """Write everything accepted so far to Redis and Postgres before returning."""
+    async def drain(self, deadline_s: float = 60.0) -> bool:
+        """Write everything accepted so far to Redis and Postgres (or divert it to the DLQ or
+        spool while a store is down). True if nothing is left in flight by the deadline."""
         loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + deadline_s
 
-        def _drain() -> None:
+        def _drain() -> bool:
             # Shards first (their mailboxes are FIFO: a stats reply means earlier batches are
-            # done), then the batcher, whose Flush waits for the Postgres writer.
+            # done), then the batcher, which hands its rows to the storage supervisor.
             for shard in self.shards:
                 shard.ask(ShardStats(), timeout=deadline_s)
             if self.batcher is not None:
                 self.batcher.ask(Flush(), timeout=deadline_s)
-            if self.live_writer is not None:
-                self.live_writer.ask(Flush(), timeout=deadline_s)
+            if self.storage is None:
+                return True
+            live = self.storage.proxy().slot("live_writer").get()
+            if live.ref is not None:
+                live.ref.ask(Flush(), timeout=deadline_s)
+            while cast(int, self.storage.ask(Flush(), timeout=deadline_s)) > 0:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+            return True
 
-        await loop.run_in_executor(None, _drain)
+        return await loop.run_in_executor(None, _drain)
 
     async def stop(self, *, drain: bool = True) -> None:
         """Stop everything in reverse start order; idempotent."""
@@ -167,25 +224,28 @@ class Service:
             self._http.stop()
             self._http = None
         if self._feed is not None:
-            self._feed.close()
-            await self._feed.wait_closed()
+            await self._feed.stop()
             self._feed = None
         try:
-            if drain and self.shards:
-                await self.drain()
+            if drain and self.shards and not await self.drain(self.config.breaker.call_timeout_s):
+                spilled = self.storage.ask(SpillInflight()) if self.storage else 0
+                log.warning("stop deadline: %d unconfirmed batches moved to the spool", spilled)
         finally:
             if self._ticker is not None:
                 self._ticker.stop()
                 self._ticker = None
-            for ref in [*self.shards, self.batcher, self.live_writer, self.pg_writer]:
+            for ref in [*self.shards, self.batcher, self.storage]:
                 if ref is not None:
                     ref.stop()
-            self.shards, self.batcher, self.live_writer, self.pg_writer = [], None, None, None
+            self.shards, self.batcher, self.storage = [], None, None
             for store in (self.redis, self.postgres):
                 if store is not None and self.bridge.running:
                     await asyncio.wrap_future(self.bridge.submit(store.close()))
             self.redis = self.postgres = None
             self.bridge.stop()
+            if self.spool is not None:
+                self.spool.close()
+                self.spool = None
             if self.embedded is not None:
                 self.embedded.stop()
                 self.embedded = None
@@ -196,8 +256,7 @@ class Service:
     def feed_port(self) -> int:
         if self._feed is None:
             raise RuntimeError("feed listener not running")
-        port: int = self._feed.sockets[0].getsockname()[1]
-        return port
+        return self._feed.tcp_port
 
     @property
     def metrics_port(self) -> int:
@@ -211,22 +270,39 @@ class Service:
         return cast(dict[str, Any] | None, shard.ask(VesselQuery(mmsi), timeout=timeout))
 
     def status(self) -> dict[str, Any]:
-        """Read-only status for /status (blocking: call off the feed loop)."""
-        actors = {
-            "batcher": self.batcher,
-            "postgres_writer": self.pg_writer,
-            "live_writer": self.live_writer,
-        }
+        """Read-only status for /status and the shell (blocking: call off the feed loop)."""
+        storage = self.storage.ask(StorageStatus(), timeout=5) if self.storage else None
         return {
             "started_at": self.started_at,
+            "failure": self.failure,
             "shards": [s.ask(ShardStats(), timeout=5) for s in self.shards if s.is_alive()],
-            "actors": {name: bool(ref and ref.is_alive()) for name, ref in actors.items()},
+            "batcher": bool(self.batcher and self.batcher.is_alive()),
+            "storage": storage,
             "embedded": self.embedded is not None,
         }
 
+    def tree_text(self) -> str:
+        """The supervision tree as printed at start."""
+        cfg = self.config
+        s = cfg.supervision
+        lines = [
+            "aisfusion (root: escalation stops the service, exit 1)",
+            f"├── shards x{cfg.actors.shards} (vessel entities by MMSI)",
+            "├── batcher",
+            f"└── storage supervisor ({s.strategy}, max {s.max_restarts} restarts in "
+            f"{s.within_s:g} s; breakers: postgres, redis; DLQ, spool {cfg.spool.dir})",
+            "    ├── postgres_writer",
+            "    └── live_writer",
+        ]
+        return "\n".join(lines)
+
     @property
     def ready(self) -> bool:
-        return self.started_at is not None and all(
-            ref is not None and ref.is_alive()
-            for ref in [*self.shards, self.batcher, self.live_writer, self.pg_writer]
+        """Ready when the actors run and each store is reachable or safely diverted."""
+        return (
+            self.started_at is not None
+            and self.failure is None
+            and all(ref is not None and ref.is_alive() for ref in [*self.shards, self.batcher])
+            and self.storage is not None
+            and self.storage.is_alive()
         )

@@ -78,9 +78,18 @@ async def _run(config: Config) -> int:
     service = Service(config)
     try:
         await service.start()
-        await stop.wait()
+        stopped, failed = (
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(service.failed.wait()),
+        )
+        await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        failed.cancel()
     finally:
         await service.stop()
+    if service.failure is not None:
+        log.error("stopped: %s", service.failure)
+        return 1
     return 0
 
 

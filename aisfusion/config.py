@@ -28,13 +28,61 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     pass
 
 
+FeedName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class TcpClientFeedConfig(_Section, frozen=True):
+    """A feed host aisfusion connects out to (``[[feed.clients]]``)."""
+
+    name: FeedName
+    host: Annotated[str, msgspec.Meta(min_length=1)]
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    idle_timeout_s: PositiveFloat = 60.0
+    connect_timeout_s: PositiveFloat = 10.0
+    reconnect_min_s: PositiveFloat = 1.0
+    reconnect_max_s: PositiveFloat = 60.0
+
+    def __post_init__(self) -> None:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"feed client {self.name!r}: reconnect_min_s {self.reconnect_min_s} is larger "
+                f"than reconnect_max_s {self.reconnect_max_s}"
+            )
+
+
+class UdpFeedConfig(_Section, frozen=True):
+    """A UDP port receivers send datagrams of NMEA lines to (``[[feed.udp]]``)."""
+
+    name: FeedName
+    port: Port
+    host: str = "0.0.0.0"  # noqa: S104 - receivers send from other machines
+    max_peers: PositiveInt = 1024
+
+
+def _unique_names(kind: str, feeds: tuple[TcpClientFeedConfig | UdpFeedConfig, ...]) -> None:
+    names = [f.name for f in feeds]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"feed name {name!r} is used by more than one {kind} feed")
+
+
 class FeedConfig(_Section, frozen=True):
     host: str = "0.0.0.0"  # noqa: S104 - receivers connect from other machines
     port: Port = 10110
-    source: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "tcp"
+    source: FeedName = "tcp"
     max_line_bytes: Annotated[int, msgspec.Meta(ge=82, le=65536)] = 1024
     fragment_timeout_s: PositiveFloat = 10.0
     max_connections: PositiveInt = 256
+    # 0 disables; a connection that sends no complete line for this long is closed.
+    idle_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    clients: tuple[TcpClientFeedConfig, ...] = ()
+    udp: tuple[UdpFeedConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Names across kinds (and against `source`) are checked by feeds.manager: the loader
+        # validates one key at a time, so a check here may only look at one field.
+        _unique_names("client", self.clients)
+        _unique_names("udp", self.udp)
 
 
 class ActorsConfig(_Section, frozen=True):
@@ -43,6 +91,46 @@ class ActorsConfig(_Section, frozen=True):
     window_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     max_future_skew_s: PositiveFloat = 60.0
     max_lateness_s: PositiveFloat = 3600.0
+    max_vessels: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+    passivate_min_s: PositiveFloat = 120.0
+    passivate_intervals: PositiveFloat = 3.0
+
+
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+class FusionConfig(_Section, frozen=True):
+    """How a vessel actor gates, scores and decides positions (see actors/fusion.py)."""
+
+    ship_max_speed_kn: PositiveFloat = 50.0
+    hsc_max_speed_kn: PositiveFloat = 70.0
+    sar_max_speed_kn: Annotated[float, msgspec.Meta(ge=102.2)] = 450.0
+    jump_allowance_m: Annotated[float, msgspec.Meta(ge=0.0)] = 250.0
+    track_timeout_s: PositiveFloat = 60.0
+    freshness_s: PositiveFloat = 30.0
+    corroboration_bonus: Annotated[float, msgspec.Meta(ge=0.0, le=10.0)] = 0.25
+    agree_m: PositiveFloat = 100.0
+    agree_horizon_s: PositiveFloat = 120.0
+    clock_tolerance_s: Annotated[float, msgspec.Meta(ge=0.0, le=30.0)] = 2.0
+    quarantine_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+
+
+class SourcesConfig(_Section, frozen=True):
+    """Per-source quality (see actors/sources.py). A source is a feed, or one station of a
+    feed when its messages carry a tag-block ``s:``."""
+
+    default_weight: Annotated[float, msgspec.Meta(ge=0.0, le=10.0)] = 1.0
+    weights: dict[str, Annotated[float, msgspec.Meta(ge=0.0, le=10.0)]] = msgspec.field(
+        default_factory=dict
+    )
+    initial_quality: Fraction = 0.8
+    ewma_alpha: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.05
+    demote_below: Fraction = 0.6
+    promote_above: Fraction = 0.8
+    demoted_factor: Fraction = 0.1
+    min_outcomes: Annotated[int, msgspec.Meta(ge=1)] = 20
+    publish_interval_s: PositiveFloat = 1.0
+    max_sources: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
 
 
 class BatcherConfig(_Section, frozen=True):
@@ -81,15 +169,49 @@ class LogConfig(_Section, frozen=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class SupervisionConfig(_Section, frozen=True):
+    strategy: Literal["one_for_one", "one_for_all"] = "one_for_one"
+    max_restarts: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 3
+    within_s: PositiveFloat = 60.0
+    backoff_min_s: PositiveFloat = 0.1
+    backoff_max_s: PositiveFloat = 5.0
+
+
+class BreakerConfig(_Section, frozen=True):
+    failure_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    reset_base_s: PositiveFloat = 1.0
+    reset_max_s: PositiveFloat = 60.0
+    call_timeout_s: PositiveFloat = 10.0
+
+
+class DlqConfig(_Section, frozen=True):
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    retry_base_s: PositiveFloat = 1.0
+    retry_max_s: PositiveFloat = 300.0
+    poll_interval_s: PositiveFloat = 1.0
+    max_inflight_batches: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+
+
+class SpoolConfig(_Section, frozen=True):
+    dir: Annotated[str, msgspec.Meta(min_length=1)] = ".aisfusion/spool"
+    fsync: Literal["always", "batch", "never"] = "always"
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     feed: FeedConfig = msgspec.field(default_factory=FeedConfig)
     actors: ActorsConfig = msgspec.field(default_factory=ActorsConfig)
+    fusion: FusionConfig = msgspec.field(default_factory=FusionConfig)
+    sources: SourcesConfig = msgspec.field(default_factory=SourcesConfig)
     batcher: BatcherConfig = msgspec.field(default_factory=BatcherConfig)
     postgres: PostgresConfig = msgspec.field(default_factory=PostgresConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    supervision: SupervisionConfig = msgspec.field(default_factory=SupervisionConfig)
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    dlq: DlqConfig = msgspec.field(default_factory=DlqConfig)
+    spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
 
 
 _SECTIONS: dict[str, type[_Section]] = {f.name: f.type for f in msgspec.structs.fields(Config)}

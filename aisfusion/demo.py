@@ -55,6 +55,7 @@ async def run_demo(
         postgres=msgspec.structs.replace(config.postgres, url=""),
         redis=msgspec.structs.replace(config.redis, url=""),
         embedded=msgspec.structs.replace(config.embedded, data_dir=str(data_dir)),
+        spool=msgspec.structs.replace(config.spool, dir=str(data_dir / "spool")),
     )
     print("aisfusion demo: starting embedded PostgreSQL and Valkey …", file=out, flush=True)
     async with Service(config) as service:

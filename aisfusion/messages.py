@@ -100,3 +100,73 @@ class Tick(msgspec.Struct, frozen=True):
 
 class Flush(msgspec.Struct, frozen=True):
     """Control (ask): flush everything pending now and reply when it is written."""
+
+
+# -- supervision of the storage writers ---------------------------------------------------
+
+
+class WriteBatch(msgspec.Struct, frozen=True, gc=False):
+    """Supervisor → Postgres writer: write this batch; `ticket` identifies it in the reply."""
+
+    ticket: int
+    batch: HistoryBatch
+
+
+class BatchWritten(msgspec.Struct, frozen=True, gc=False):
+    """Writer → supervisor: the batch is committed (rows rejected permanently are returned)."""
+
+    ticket: int
+    inserted: int
+    seconds: float
+    rejected: HistoryBatch | None = None
+    rejected_error: str | None = None
+
+
+class BatchFailed(msgspec.Struct, frozen=True, gc=False):
+    """Writer → supervisor: the batch was not written (transient: try again later)."""
+
+    ticket: int
+    error: str
+
+
+class ChildExited(msgspec.Struct, frozen=True):
+    """Supervised actor → its supervisor: it crashed (pykka `on_failure`)."""
+
+    name: str
+    error: str
+
+
+# -- source quality ------------------------------------------------------------------------
+
+
+class SourceTally(msgspec.Struct, frozen=True, gc=False):
+    """What one shard's vessels made of one source's messages in one batch.
+
+    `scored`/`score_sum` are graded outcomes in [0, 1] (1: agreed with the fused track, 0:
+    rejected as a jump or a clock error); `outcomes` counts every outcome by name; `skew_*`
+    sum the receive time minus the message's own UTC second (wrapped to ±30 s).
+    """
+
+    source: str
+    scored: int
+    score_sum: float
+    outcomes: dict[str, int]
+    skew_n: int = 0
+    skew_sum: float = 0.0
+    last_ts: float = 0.0  # newest observation time from this source in the batch
+
+
+class SourceOutcomes(msgspec.Struct, frozen=True, gc=False):
+    """Shard → source-quality actor: the tallies of one batch."""
+
+    tallies: list[SourceTally]
+
+
+class SourceWeights(msgspec.Struct, frozen=True, gc=False):
+    """Source-quality actor → shards: the effective weight (base weight x quality, reduced
+    while demoted) of every known source. Each snapshot is a new dict that nobody mutates:
+    a shard swaps its reference, so no lock is needed."""
+
+    version: int
+    weights: dict[str, float]
+    demoted: frozenset[str] = frozenset()

@@ -76,9 +76,139 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        # supervision
         self.writer_restarts = Counter(
             "aisfusion_writer_restarts_total",
             "Storage writer restarts by their supervisor",
             ["writer"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "aisfusion_breaker_state",
+            "1 for the current state of each circuit breaker, 0 for the others",
+            ["breaker", "state"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "aisfusion_breaker_transitions_total",
+            "Circuit breaker state changes",
+            ["breaker", "to"],
+            registry=r,
+        )
+        self.breaker_open_seconds = Counter(
+            "aisfusion_breaker_open_seconds_total",
+            "Time circuit breakers spent open or half-open (counted when they leave the state)",
+            ["breaker"],
+            registry=r,
+        )
+        self.dead_letter_diverted = Counter(
+            "aisfusion_dead_letter_diverted_batches_total",
+            "History batches diverted away from PostgreSQL, by where they went",
+            ["target"],
+            registry=r,
+        )
+        self.dead_letter_batches = Gauge(
+            "aisfusion_dead_letter_batches",
+            "Batches in the dead-letter queue, by state",
+            ["state"],
+            registry=r,
+        )
+        self.spool_batches = Gauge(
+            "aisfusion_spool_batches", "Batches in the local spool", registry=r
+        )
+        self.inflight_batches = Gauge(
+            "aisfusion_inflight_batches",
+            "History batches handed to the Postgres writer and not yet confirmed",
+            registry=r,
+        )
+        # feeds
+        self.feed_reconnects = Counter(
+            "aisfusion_feed_reconnects_total",
+            "Connection attempts of a TCP client feed after its first (drop, failure, idle)",
+            ["source"],
+            registry=r,
+        )
+        self.feed_idle_closed = Counter(
+            "aisfusion_feed_idle_closed_total",
+            "Feed connections closed for sending no complete line within idle_timeout_s",
+            ["source"],
+            registry=r,
+        )
+        self.feed_last_message_age = Gauge(
+            "aisfusion_feed_last_message_age_seconds",
+            "Seconds since the source's last message (since its start if none yet)",
+            ["source"],
+            registry=r,
+        )
+        self.feed_overlap = Counter(
+            "aisfusion_feed_overlap_total",
+            "Messages from source dropped as duplicates of the same payload first heard "
+            "from other within the dedup window",
+            ["source", "other"],
+            registry=r,
+        )
+        # fusion
+        self.live_decisions = Counter(
+            "aisfusion_live_decisions_total",
+            "Changes of a vessel's live position decided by its vessel actor",
+            registry=r,
+        )
+        self.corroborated = Counter(
+            "aisfusion_fusion_corroborated_total",
+            "Quarantined jumps accepted after another source corroborated them",
+            registry=r,
+        )
+        self.vessel_activations = Counter(
+            "aisfusion_vessel_activations_total",
+            "Vessel actors created in a shard (new or rehydrated)",
+            registry=r,
+        )
+        self.vessel_passivations = Counter(
+            "aisfusion_vessel_passivations_total",
+            "Vessel actors passivated, by reason (idle, lru)",
+            ["reason"],
+            registry=r,
+        )
+        self.vessel_rehydrations = Counter(
+            "aisfusion_vessel_rehydrations_total",
+            "Lookups of a saved decision when a vessel actor is created, by result "
+            "(hit, miss, error)",
+            ["result"],
+            registry=r,
+        )
+        self.source_quality = Gauge(
+            "aisfusion_source_quality",
+            "Exponentially weighted quality of a source, 0..1",
+            ["source"],
+            registry=r,
+        )
+        self.source_weight = Gauge(
+            "aisfusion_source_weight",
+            "Effective weight of a source in fusion scores (base x quality, reduced if demoted)",
+            ["source"],
+            registry=r,
+        )
+        self.source_demoted = Gauge(
+            "aisfusion_source_demoted", "1 while a source is demoted, else 0", ["source"], registry=r
+        )
+        self.source_demotions = Counter(
+            "aisfusion_source_demotions_total", "Demotions of a source", ["source"], registry=r
+        )
+        self.source_promotions = Counter(
+            "aisfusion_source_promotions_total",
+            "Promotions of a demoted source that recovered",
+            ["source"],
+            registry=r,
+        )
+        self.source_clock_skew = Gauge(
+            "aisfusion_source_clock_skew_seconds",
+            "Estimated receive-time skew of a source against the messages' own UTC seconds",
+            ["source"],
+            registry=r,
+        )
+        self.source_outcomes = Counter(
+            "aisfusion_source_outcomes_total",
+            "Outcomes of a source's messages in the vessel actors",
+            ["source", "outcome"],
             registry=r,
         )

@@ -101,6 +101,7 @@ async def main(args: argparse.Namespace) -> None:
         raw["feed"].update(host="127.0.0.1", port=0)
         raw["metrics"]["port"] = 0
         raw["embedded"]["data_dir"] = tmp
+        raw["spool"]["dir"] = str(Path(tmp) / "spool")
         raw["actors"]["shards"] = args.shards
         # Recorded files carry old tag-block times; accept them for the measurement.
         raw["actors"]["max_lateness_s"] = 1e10

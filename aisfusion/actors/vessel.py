@@ -1,16 +1,31 @@
-"""One vessel's entity: its dedup window, last decision and static data.
+"""One vessel's entity: its fusion window, live decision and static data.
 
 A vessel is a virtual actor: a plain object owned by exactly one shard thread, so every decision
-about it is atomic without locks. For each raw message of its MMSI, in order: drop duplicates of
-the same transmission (before paying for the decode), decode with pyais, validate time and
-values, then decide. The decision here is the newest valid position; a late but valid position
-goes to history only and never moves the live position backwards.
+about it is atomic without locks. For each raw message of its MMSI, in order (DESIGN.md,
+"Fusion"):
+
+1. validate the receive time (finite, not too far in the future, not too late);
+2. drop a duplicate of the same transmission before paying for the decode: the payload heard
+   again within the dedup window (by receive time or by arrival) is one observation, and a
+   duplicate from another source is a witness that vouches for it;
+3. decode with pyais; 4. treat "not available" values as absent;
+5. cross-check the receive time against the message's own UTC second: a mismatch beyond the
+   tolerance is the receiver's clock error, the time is corrected to the UTC second;
+6. gate: a position implying an impossible speed from the live position (by class) is a jump
+   and waits in quarantine until another source corroborates it;
+7. accept: every accepted observation goes to history; among the observations newer than the
+   live position, the best score (source weight x freshness x corroboration) becomes live.
+   A decision is emitted only when it changes and never moves back in time.
+
+Every message also leaves an outcome for its source (agreed, jump, clock, witness, ...), which
+the shard tallies for the source-quality actor.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from enum import IntEnum
 from time import perf_counter
 from typing import Any
@@ -18,12 +33,15 @@ from typing import Any
 from pyais.bit_vector import bit_vector
 from pyais.messages import MSG_CLASS
 
-from aisfusion.messages import Position, RawMessage, StaticReport
+from aisfusion.actors import fusion
+from aisfusion.actors.sources import source_key
+from aisfusion.config import ActorsConfig, FusionConfig
+from aisfusion.messages import Position, RawMessage, SourceTally, StaticReport
 
 POSITION_TYPES = frozenset({1, 2, 3, 9, 18, 19, 27})
 STATIC_TYPES = frozenset({5, 19, 24})
 # Arrival times of lines read in one socket chunk are equal; history is keyed by (mmsi, ts), so
-# without a tag-block time two reports of one vessel in one chunk are spread by a microsecond.
+# distinct observations with one time (whole-second tag blocks, one chunk) are spread by 1 µs.
 _US = 1_000_000
 # AIS "not available" sentinels: absent values, not measurements. SAR aircraft (type 9) report
 # speed in whole knots and long-range reports (type 27) use coarser fields.
@@ -32,13 +50,10 @@ _COG_NA = {27: 511.0}
 _SOG_NA_DEFAULT = 102.3
 _COG_NA_DEFAULT = 360.0
 _HEADING_NA = 511
-
-
-class Outcome(IntEnum):
-    LIVE = 0  # new newest position: live state and history
-    HISTORY = 1  # valid but not newer than the live position: history only
-    STATIC = 2  # static/voyage data updated
-    REJECTED = 3
+# Identity fields change only when two consecutive reports agree on the new value.
+_IDENTITY = ("name", "callsign", "imo", "ship_type")
+_PENDING_MAX = 8  # accepted observations newer than the live one that lost on score
+_EMITTED_MAX = 32  # recent history times, to keep (mmsi, ts) unique
 
 
 def _plain(value: Any) -> Any:
@@ -50,129 +65,448 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class Tally:
+    """One source's outcomes within one batch (see `messages.SourceTally`)."""
+
+    __slots__ = ("last_ts", "outcomes", "score_sum", "scored", "skew_n", "skew_sum")
+
+    def __init__(self) -> None:
+        self.scored = 0
+        self.score_sum = 0.0
+        self.outcomes: Counter[str] = Counter()
+        self.skew_n = 0
+        self.skew_sum = 0.0
+        self.last_ts = 0.0
+
+    def grade(self, outcome: str, value: float) -> None:
+        self.scored += 1
+        self.score_sum += value
+        self.outcomes[outcome] += 1
+
+    def freeze(self, source: str) -> SourceTally:
+        return SourceTally(
+            source,
+            self.scored,
+            self.score_sum,
+            dict(self.outcomes),
+            self.skew_n,
+            self.skew_sum,
+            self.last_ts,
+        )
+
+
+class Batch:
+    """What a shard hands its vessels for one batch of messages, and what they hand back."""
+
+    __slots__ = (
+        "actors",
+        "corroborated",
+        "demoted",
+        "fallback_weight",
+        "fusion",
+        "history",
+        "live",
+        "now",
+        "overlap",
+        "rejects",
+        "stages",
+        "statics",
+        "tallies",
+        "weights",
+    )
+
+    def __init__(
+        self,
+        now: float,
+        actors: ActorsConfig,
+        fusion_config: FusionConfig,
+        weights: Mapping[str, float] | None = None,
+        demoted: frozenset[str] = frozenset(),
+        fallback_weight: Callable[[str], float] | None = None,
+        stages: list[float] | None = None,
+    ) -> None:
+        self.now = now
+        self.actors = actors
+        self.fusion = fusion_config
+        self.weights: Mapping[str, float] = weights if weights is not None else {}
+        self.demoted = demoted
+        self.fallback_weight = fallback_weight
+        self.stages = stages
+        self.history: list[Position] = []
+        self.live: list[Position] = []
+        self.statics = 0
+        self.corroborated = 0
+        self.rejects: Counter[str] = Counter()
+        self.tallies: dict[str, Tally] = {}
+        self.overlap: Counter[tuple[str, str]] = Counter()
+
+    def tally(self, key: str) -> Tally:
+        t = self.tallies.get(key)
+        if t is None:
+            t = self.tallies[key] = Tally()
+        return t
+
+    def weight(self, key: str) -> float:
+        w = self.weights.get(key)
+        if w is None:
+            w = self.fallback_weight(key) if self.fallback_weight is not None else 1.0
+        return w
+
+
+class Observation:
+    """One accepted (or quarantined) position and the sources that vouch for it."""
+
+    __slots__ = ("msg_type", "position", "second", "support")
+
+    def __init__(self, position: Position, key: str, second: int, msg_type: int) -> None:
+        self.position = position
+        self.support = [key]
+        self.second = second
+        self.msg_type = msg_type
+
+    @property
+    def ts(self) -> float:
+        return self.position.ts
+
+
+class _Seen:
+    """One entry of the dedup window: a payload, when it came, who first, what it became."""
+
+    __slots__ = ("arrival", "feed", "key", "obs", "payload", "ts")
+
+    def __init__(self, payload: bytes, ts: float, arrival: float, key: str, feed: str) -> None:
+        self.payload = payload
+        self.ts = ts
+        self.arrival = arrival
+        self.key = key
+        self.feed = feed
+        self.obs: Observation | None = None
+
+
 class Vessel:
     """State of one MMSI, touched only by its shard's thread."""
 
-    __slots__ = ("first_seen", "last", "last_seen", "mmsi", "recent", "static")
+    __slots__ = (
+        "emitted",
+        "first_seen",
+        "idle_s",
+        "last",
+        "last_seen",
+        "live",
+        "mmsi",
+        "newest_ts",
+        "pending",
+        "quarantine",
+        "recent",
+        "static",
+        "touched",
+        "votes",
+    )
 
-    def __init__(self, mmsi: int, window_size: int) -> None:
+    def __init__(self, mmsi: int, window_size: int, quarantine_size: int = 4) -> None:
         self.mmsi = mmsi
-        self.recent: deque[tuple[bytes, float]] = deque(maxlen=window_size)
-        self.last: Position | None = None
+        self.recent: deque[_Seen] = deque(maxlen=window_size)
+        self.live: Observation | None = None
+        self.last: Position | None = None  # the live decision
+        self.pending: list[Observation] = []
+        self.quarantine: deque[Observation] = deque(maxlen=quarantine_size)
+        self.emitted: deque[float] = deque(maxlen=_EMITTED_MAX)
+        self.newest_ts = -math.inf
         self.static: StaticReport | None = None
+        self.votes: dict[str, Any] | None = None
         self.first_seen = math.inf
         self.last_seen = -math.inf
+        self.touched = 0.0  # shard clock of the last message (passivation)
+        self.idle_s = 0.0  # idle time after which the shard may passivate it
 
-    def ingest(
-        self,
-        msg: RawMessage,
-        *,
-        now: float,
-        dedup_window_s: float,
-        max_future_skew_s: float,
-        max_lateness_s: float,
-        rejects: Counter[str],
-        stages: list[float] | None = None,
-    ) -> tuple[Outcome, Position | StaticReport | None]:
-        """Dedup, decode, validate and decide one message.
+    # -- restore ---------------------------------------------------------------------------
 
-        `stages`, when given, accumulates seconds spent in [dedup, decode, decide].
-        """
+    def restore(self, position: Position) -> None:
+        """Take a saved decision as the live one (rehydration): it gates and is never undone."""
+        key = source_key(position.source, position.station)
+        self.live = Observation(position, key, fusion.SECOND_NA, position.msg_type)
+        self.last = position
+        self.newest_ts = max(self.newest_ts, position.ts)
+        self.first_seen = min(self.first_seen, position.ts)
+        self.last_seen = max(self.last_seen, position.ts)
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    def ingest(self, msg: RawMessage, b: Batch) -> None:
+        """Validate, dedup, decode, gate and decide one message; results go into `b`."""
         started = perf_counter()
+        cfg = b.actors
         ts = msg.received_at
+        key = source_key(msg.source, msg.station)
         if not math.isfinite(ts):
-            rejects["bad_time"] += 1
-            return Outcome.REJECTED, None
-        if ts > now + max_future_skew_s:
-            rejects["future_time"] += 1
-            return Outcome.REJECTED, None
-        if ts < now - max_lateness_s:
-            rejects["too_late"] += 1
-            return Outcome.REJECTED, None
-        for payload, seen_at in self.recent:
-            if payload == msg.payload and abs(ts - seen_at) <= dedup_window_s:
-                rejects["duplicate"] += 1
-                return Outcome.REJECTED, None
-        self.recent.append((msg.payload, ts))
+            b.rejects["bad_time"] += 1
+            b.tally(key).grade("bad_time", 0.0)
+            return
+        if ts > b.now + cfg.max_future_skew_s:
+            b.rejects["future_time"] += 1
+            b.tally(key).grade("future_time", 0.0)
+            return
+        if ts < b.now - cfg.max_lateness_s:
+            b.rejects["too_late"] += 1
+            b.tally(key).outcomes["too_late"] += 1
+            return
+        window = cfg.dedup_window_s
+        payload = msg.payload
+        for seen in self.recent:
+            if seen.payload == payload and (
+                abs(ts - seen.ts) <= window or abs(msg.arrival - seen.arrival) <= window
+            ):
+                b.rejects["duplicate"] += 1
+                self._witness(seen, msg, key, ts, b)
+                return
+        seen = _Seen(payload, ts, msg.arrival, key, msg.source)
+        self.recent.append(seen)
         deduped = perf_counter()
         try:
-            decoded = MSG_CLASS[msg.msg_type].from_vector(bit_vector(msg.payload, msg.fill_bits))
+            decoded = MSG_CLASS[msg.msg_type].from_vector(bit_vector(payload, msg.fill_bits))
             fields = decoded.asdict()
         except Exception:  # any pyais failure is one counted bad message, never raised
-            rejects["decode_error"] += 1
-            return Outcome.REJECTED, None
+            b.rejects["decode_error"] += 1
+            return
         finally:
-            if stages is not None:
-                decoded_at = perf_counter()
-                stages[0] += deduped - started
-                stages[1] += decoded_at - deduped
+            decoded_at = perf_counter()
+            if b.stages is not None:
+                b.stages[0] += deduped - started
+                b.stages[1] += decoded_at - deduped
         try:
-            return self._decide(msg, fields, ts, rejects)
+            self._decoded(msg, fields, ts, key, seen, b)
         finally:
-            if stages is not None:
-                stages[2] += perf_counter() - decoded_at
+            if b.stages is not None:
+                b.stages[2] += perf_counter() - decoded_at
 
-    def _decide(
-        self, msg: RawMessage, fields: dict[str, Any], ts: float, rejects: Counter[str]
-    ) -> tuple[Outcome, Position | StaticReport | None]:
-        if fields.get("mmsi") != self.mmsi:
+    def _decoded(
+        self, msg: RawMessage, f: dict[str, Any], ts: float, key: str, seen: _Seen, b: Batch
+    ) -> None:
+        if f.get("mmsi") != self.mmsi:
             # pyais decodes truncated payloads leniently into empty fields.
-            rejects["decode_error"] += 1
-            return Outcome.REJECTED, None
+            b.rejects["decode_error"] += 1
+            return
         self.first_seen = min(self.first_seen, ts)
         self.last_seen = max(self.last_seen, ts)
-        if msg.msg_type in POSITION_TYPES:
-            return self._position(msg, fields, ts, rejects)
-        if msg.msg_type in STATIC_TYPES:
-            return self._static(msg.msg_type, fields, ts, rejects)
-        rejects["not_vessel_data"] += 1
-        return Outcome.REJECTED, None
+        kind = msg.msg_type
+        if kind in POSITION_TYPES:
+            self._position(msg, f, ts, key, seen, b)
+        if kind in STATIC_TYPES:
+            self._static(kind, f, ts, b)
+        elif kind not in POSITION_TYPES:
+            b.rejects["not_vessel_data"] += 1
+
+    # -- witnesses ---------------------------------------------------------------------------
+
+    def _witness(self, seen: _Seen, msg: RawMessage, key: str, ts: float, b: Batch) -> None:
+        """A duplicate: the same transmission heard again. From the same source it is no new
+        evidence; from another source it vouches for the observation (once per source)."""
+        tally = b.tally(key)
+        if key == seen.key:
+            tally.outcomes["repeat"] += 1
+            return
+        b.overlap[(msg.source, seen.feed)] += 1
+        obs = seen.obs
+        if obs is None:  # not a position, or one that was rejected
+            tally.outcomes["witness"] += 1
+            return
+        offset = fusion.clock_offset_s(ts, obs.second) if msg.has_tag_time else None
+        if offset is not None:
+            tally.skew_n += 1
+            tally.skew_sum += offset
+        if offset is not None and abs(offset) > b.fusion.clock_tolerance_s:
+            tally.grade("clock", 0.0)
+        else:
+            tally.grade("witness", 1.0)
+        if key in obs.support:
+            return
+        obs.support.append(key)
+        if obs in self.quarantine:
+            self._release(obs, b)
+        elif obs is not self.live and obs in self.pending:
+            self._decide(b)
+
+    # -- positions ---------------------------------------------------------------------------
 
     def _position(
-        self, msg: RawMessage, f: dict[str, Any], ts: float, rejects: Counter[str]
-    ) -> tuple[Outcome, Position | StaticReport | None]:
+        self, msg: RawMessage, f: dict[str, Any], ts: float, key: str, seen: _Seen, b: Batch
+    ) -> None:
         lat, lon = f.get("lat"), f.get("lon")
         if lat is None or lon is None:
-            rejects["decode_error"] += 1
-            return Outcome.REJECTED, None
+            b.rejects["decode_error"] += 1
+            return
         if lat == 91.0 or lon == 181.0:
-            rejects["no_position"] += 1
-            return Outcome.REJECTED, None
+            b.rejects["no_position"] += 1
+            return
         if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
-            rejects["bad_position"] += 1
-            return Outcome.REJECTED, None
+            b.rejects["bad_position"] += 1
+            return
+        cfg = b.fusion
+        tally = b.tally(key)
+        kind = msg.msg_type
+        second = f.get("second", fusion.SECOND_NA)
+        second = second if isinstance(second, int) else fusion.SECOND_NA
+        graded = False
+        if msg.has_tag_time:
+            offset = fusion.clock_offset_s(ts, second)
+            if offset is not None:
+                tally.skew_n += 1
+                tally.skew_sum += offset
+                if abs(offset) > cfg.clock_tolerance_s:
+                    # The receiver's clock is wrong; the vessel's own UTC second is not.
+                    ts -= offset
+                    tally.grade("clock", 0.0)
+                    graded = True
+        ts = self._unique_ts(round(ts * _US) / _US, msg.has_tag_time)
+        tally.last_ts = max(tally.last_ts, ts)
         sog, cog, heading = f.get("speed"), f.get("course"), f.get("heading")
-        sog_na = _SOG_NA.get(msg.msg_type, _SOG_NA_DEFAULT)
-        cog_na = _COG_NA.get(msg.msg_type, _COG_NA_DEFAULT)
-        last = self.last
-        # History keeps microseconds: decide on that grid so distinct rows stay distinct.
-        ts = round(ts * _US) / _US
-        if last is not None and ts <= last.ts and not msg.has_tag_time:
-            ts = (round(last.ts * _US) + 1) / _US
         position = Position(
             mmsi=self.mmsi,
             ts=ts,
             lat=lat,
             lon=lon,
-            sog=None if sog is None or sog >= sog_na else float(sog),
-            cog=None if cog is None or cog >= cog_na else float(cog),
+            sog=None if sog is None or sog >= _SOG_NA.get(kind, _SOG_NA_DEFAULT) else float(sog),
+            cog=None if cog is None or cog >= _COG_NA.get(kind, _COG_NA_DEFAULT) else float(cog),
             heading=None if heading is None or heading == _HEADING_NA else int(heading),
             nav_status=_plain(f["status"]) if "status" in f else None,
-            msg_type=msg.msg_type,
+            msg_type=kind,
             source=msg.source,
             station=msg.station,
             arrival=msg.arrival,
         )
-        if last is not None and ts <= last.ts:
-            return Outcome.HISTORY, position
-        self.last = position
-        return Outcome.LIVE, position
+        obs = Observation(position, key, second, kind)
+        seen.obs = obs
+        live = self.live
+        if live is not None and self._is_jump(live, obs, b):
+            partner = self._corroborating(obs, b)
+            if partner is None:
+                self.quarantine.append(obs)
+                b.rejects["jump"] += 1
+                if not graded:
+                    tally.grade("jump", 0.0)
+                return
+            obs.support.append(partner.support[0])
+            if partner in self.quarantine:
+                self._release(partner, b)
+            b.corroborated += 1
+            if not graded:
+                tally.grade("corroborated", 1.0)
+                graded = True
+        if not graded:
+            self._grade(live, obs, tally, cfg)
+        self._accept(obs, b)
 
-    def _static(
-        self, msg_type: int, f: dict[str, Any], ts: float, rejects: Counter[str]
-    ) -> tuple[Outcome, Position | StaticReport | None]:
-        old = self.static or StaticReport(mmsi=self.mmsi, ts=ts)
-        update: dict[str, Any] = {"ts": max(ts, old.ts)}
+    def _unique_ts(self, ts: float, tagged: bool) -> float:
+        if not tagged:
+            # Arrival times: later reports of one chunk must still sort after earlier ones.
+            if ts <= self.newest_ts:
+                ts = (round(self.newest_ts * _US) + 1) / _US
+            return ts
+        while ts in self.emitted:
+            ts = (round(ts * _US) + 1) / _US
+        return ts
+
+    def _gates(self, live: Observation, b: Batch) -> bool:
+        """A live position gates others unless only demoted sources vouch for it."""
+        return not b.demoted or any(k not in b.demoted for k in live.support)
+
+    def _is_jump(self, live: Observation, obs: Observation, b: Batch) -> bool:
+        ref, p = live.position, obs.position
+        dt = p.ts - ref.ts
+        interval = fusion.report_interval_s(ref.msg_type, ref.sog, ref.nav_status)
+        if abs(dt) > fusion.track_timeout_s(interval, b.fusion) or not self._gates(live, b):
+            return False
+        return self._implausible(ref, p, obs.msg_type, b.fusion)
+
+    def _implausible(self, a: Position, p: Position, msg_type: int, cfg: FusionConfig) -> bool:
+        ship_type = self.static.ship_type if self.static is not None else None
+        limit = fusion.speed_limit_kn(msg_type, ship_type, a.sog, cfg)
+        dist = fusion.distance_m(a.lat, a.lon, p.lat, p.lon)
+        return fusion.implied_speed_kn(dist, p.ts - a.ts, cfg.jump_allowance_m) > limit
+
+    def _corroborating(self, obs: Observation, b: Batch) -> Observation | None:
+        """Another source's quarantined or pending observation consistent with `obs`."""
+        cfg = b.fusion
+        own = obs.support[0]
+        for other in (*self.quarantine, *self.pending):
+            if own in other.support:
+                continue
+            interval = fusion.report_interval_s(other.msg_type, other.position.sog, None)
+            if abs(obs.ts - other.ts) > fusion.track_timeout_s(interval, cfg):
+                continue
+            if not self._implausible(other.position, obs.position, obs.msg_type, cfg):
+                return other
+        return None
+
+    def _release(self, obs: Observation, b: Batch) -> None:
+        """A quarantined jump was corroborated: accept it after all."""
+        self.quarantine.remove(obs)
+        b.corroborated += 1
+        b.tally(obs.support[0]).grade("corroborated", 1.0)
+        self._accept(obs, b)
+
+    def _grade(
+        self, live: Observation | None, obs: Observation, tally: Tally, cfg: FusionConfig
+    ) -> None:
+        """Agreement of an accepted observation with the live decision of other sources."""
+        if live is None or obs.support[0] in live.support:
+            tally.outcomes["ungraded"] += 1
+            return
+        ref, p = live.position, obs.position
+        dt = p.ts - ref.ts
+        if abs(dt) > cfg.agree_horizon_s:
+            tally.outcomes["ungraded"] += 1
+            return
+        lat, lon = fusion.dead_reckon(ref.lat, ref.lon, ref.sog, ref.cog, dt)
+        value = fusion.agreement(fusion.distance_m(lat, lon, p.lat, p.lon), dt, cfg)
+        tally.grade("agreed" if value >= 0.5 else "disagreed", value)
+
+    def _accept(self, obs: Observation, b: Batch) -> None:
+        p = obs.position
+        b.history.append(p)
+        self.emitted.append(p.ts)
+        self.newest_ts = max(self.newest_ts, p.ts)
+        live = self.live
+        if live is not None and p.ts <= live.ts:
+            b.tally(obs.support[0]).outcomes["late"] += 1
+            return
+        self.pending.append(obs)
+        if len(self.pending) > _PENDING_MAX:
+            self.pending.sort(key=lambda o: o.ts)
+            del self.pending[0]
+        self._decide(b)
+
+    def _score(self, obs: Observation, t_ref: float, b: Batch) -> float:
+        weight = max(b.weight(k) for k in obs.support)
+        return fusion.score(weight, len(obs.support), t_ref - obs.ts, b.fusion)
+
+    def _decide(self, b: Batch) -> None:
+        """Make the best-scoring observation newer than the live one live (if any is)."""
+        live = self.live
+        if not self.pending:
+            return
+        t_ref = max(o.ts for o in self.pending)
+        best, best_score = live, -1.0
+        if live is not None:
+            best_score = self._score(live, t_ref, b)
+        for obs in self.pending:
+            s = self._score(obs, t_ref, b)
+            if s > best_score or (s == best_score and best is not None and obs.ts > best.ts):
+                best, best_score = obs, s
+        if best is live or best is None:
+            return
+        self.live = best
+        self.last = best.position
+        self.idle_s = fusion.report_interval_s(
+            best.msg_type, best.position.sog, best.position.nav_status
+        )
+        self.pending = [o for o in self.pending if o.ts > best.ts]
+        b.live.append(best.position)
+
+    # -- static and voyage data ------------------------------------------------------------
+
+    def _static(self, msg_type: int, f: dict[str, Any], ts: float, b: Batch) -> None:
+        update: dict[str, Any] = {}
         if "shipname" in f:
             update["name"] = _plain(f["shipname"])
         if "callsign" in f:
@@ -180,19 +514,54 @@ class Vessel:
         if f.get("imo"):
             update["imo"] = int(f["imo"])
         if "ship_type" in f:
-            update["ship_type"] = _plain(f["ship_type"])
+            update["ship_type"] = _plain(f["ship_type"]) or None
         if msg_type == 5 and "destination" in f:
             update["destination"] = _plain(f["destination"])
         for key in ("to_bow", "to_stern", "to_port", "to_starboard"):
             if f.get(key) is not None:
                 update[key] = int(f[key])
-        changed = {k: v for k, v in update.items() if v is not None}
-        if len(changed) == 1:  # only "ts": a truncated report carried no static field
-            rejects["decode_error"] += 1
-            return Outcome.REJECTED, None
-        self.static = StaticReport(**{**_static_dict(old), **changed})
-        return Outcome.STATIC, self.static
+        update = {k: v for k, v in update.items() if v is not None}
+        if not update:  # a truncated report carried no static field
+            b.rejects["decode_error"] += 1
+            return
+        b.statics += 1
+        old = self.static
+        current: dict[str, Any] = (
+            {} if old is None else {k: getattr(old, k) for k in old.__struct_fields__}
+        )
+        votes = self.votes
+        for name in _IDENTITY:
+            value = update.get(name)
+            if value is None or current.get(name) in (None, value):
+                if votes is not None:
+                    votes.pop(name, None)
+                continue
+            # A changed identity: accepted when the next report of it says the same.
+            if votes is not None and votes.get(name) == value:
+                del votes[name]
+                continue
+            if votes is None:
+                votes = self.votes = {}
+            votes[name] = value
+            del update[name]
+        current.update(update)
+        current["mmsi"] = self.mmsi
+        current["ts"] = max(ts, current.get("ts", ts))
+        self.static = StaticReport(**current)
 
+    # -- queries ---------------------------------------------------------------------------
 
-def _static_dict(s: StaticReport) -> dict[str, Any]:
-    return {f: getattr(s, f) for f in s.__struct_fields__}
+    def snapshot(self) -> dict[str, Any]:
+        live = self.live
+        return {
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "support": list(live.support) if live is not None else [],
+            "window": len(self.recent),
+            "pending": len(self.pending),
+            "quarantine": [
+                {"ts": o.ts, "lat": o.position.lat, "lon": o.position.lon, "source": o.support[0]}
+                for o in self.quarantine
+            ],
+            "unconfirmed": dict(self.votes) if self.votes else {},
+        }

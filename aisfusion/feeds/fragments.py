@@ -10,6 +10,9 @@ NMEA 4.10 feeds often put the station (``s:``) and time (``c:``) only in the tag
 first fragment and tie the rest to it with ``g:``; networks that send the tag block on its
 own line do the same. So a continuation that names no station (or whose group named none)
 joins the most recently opened group with the same channel, sequence id and tag-group id.
+A continuation with no tag block at all that still matches nothing joins the most recently
+opened group with its channel and sequence id, whatever that group's tag-group id: a stray
+tag block on its own line before an untagged first fragment must not cost the message.
 The talker (AI, AB, BS...) is not part of the key: aggregators rewrite it, and recorded feeds
 have an ``!ABVDM`` first fragment followed by its ``!AIVDM`` second.
 
@@ -30,6 +33,8 @@ from aisfusion.feeds.nmea import Reject
 _Key = tuple[str | None, bytes, bytes, str | None]
 # (channel, seq_id, tag-group id): the part of the key a station-less continuation can match
 _Loose = tuple[bytes, bytes, str | None]
+# (channel, seq_id): the part of the key an untagged continuation can match as a last resort
+_Seq = tuple[bytes, bytes]
 
 #: Enough for hundreds of receivers on one aggregated connection, small enough that a flood
 #: of unmatched first fragments cannot grow memory without limit.
@@ -80,6 +85,7 @@ class FragmentBuffer:
         # the oldest groups are always at the front: expiry stops at the first young one.
         self._groups: dict[_Key, _Group] = {}
         self._latest: dict[_Loose, _Key] = {}
+        self._latest_seq: dict[_Seq, _Key] = {}
 
     def __len__(self) -> int:
         return len(self._groups)
@@ -109,6 +115,7 @@ class FragmentBuffer:
                 self._drop(next(iter(groups)))
             groups[key] = _Group(count, payload, station, tag_time, now)
             self._latest[loose] = key
+            self._latest_seq[(channel, seq_id)] = key
             return None
         g = groups.get(key)
         if g is None:
@@ -116,6 +123,11 @@ class FragmentBuffer:
             if fallback is not None and (station is None or fallback[0] is None):
                 key = fallback
                 g = groups[key]
+            elif station is None and group is None:
+                fallback = self._latest_seq.get((channel, seq_id))
+                if fallback is not None:
+                    key = fallback
+                    g = groups[key]
         if g is None or g.count != count or g.next_num != num:
             self._rejects[Reject.ORPHAN_FRAGMENT] += 1
             return None
@@ -150,6 +162,7 @@ class FragmentBuffer:
             self._rejects[Reject.INCOMPLETE_GROUP] += dropped
         self._groups.clear()
         self._latest.clear()
+        self._latest_seq.clear()
         return dropped
 
     def _drop(self, key: _Key) -> None:
@@ -161,3 +174,6 @@ class FragmentBuffer:
         loose = key[1:]
         if self._latest.get(loose) == key:
             del self._latest[loose]
+        seq = key[1:3]
+        if self._latest_seq.get(seq) == key:
+            del self._latest_seq[seq]

@@ -3,168 +3,117 @@
 An `asyncio.Protocol` rather than streams: ``data_received`` plus a split on ``\\n`` frames
 about ten times more lines per second than ``StreamReader.readline`` (DESIGN.md, "Facts
 measured"). Each connection has its own `FeedDecoder`; nothing a peer sends can close its
-connection or touch another one. Works on the default loop and on uvloop.
+connection or touch another one. Connections are capped (``max_connections``) and closed when
+idle (``idle_timeout_s``). Works on the default loop and on uvloop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable
 
 from aisfusion.config import FeedConfig
-from aisfusion.feeds.decoder import FeedDecoder
-from aisfusion.messages import RawMessage
+from aisfusion.feeds.stream import Clock, FeedSource, Sink, StreamProtocol, wait_closed
 from aisfusion.metrics import Metrics
 
 logger = logging.getLogger(__name__)
-
-Sink = Callable[[list[RawMessage]], None]
 
 #: `feed_rejected` reason for a connection closed because `max_connections` were open.
 CONNECTION_REFUSED = "connection_refused"
 
 
-class _Listener:
-    """What the connections of one server share: config, sink, metrics and the live count."""
+class _ServerProtocol(StreamProtocol):
+    def __init__(self, server: TcpServer) -> None:
+        super().__init__(server.source, server.source.config.idle_timeout_s)
+        self._server = server
 
-    def __init__(self, config: FeedConfig, sink: Sink, metrics: Metrics) -> None:
-        self.config = config
-        self.sink = sink
-        self.metrics = metrics
-        self.open = 0
-        source = config.source
-        self.m_connections = metrics.feed_connections.labels(source)
-        self.m_bytes = metrics.feed_bytes.labels(source)
-        self.m_lines = metrics.feed_lines.labels(source)
-        self.m_messages = metrics.feed_messages.labels(source)
-        self.m_framing = metrics.stage_seconds.labels("framing")
-
-
-class _FeedProtocol(asyncio.Protocol):
-    """One connection: bytes to its decoder, batches to the sink, counts to metrics."""
-
-    def __init__(self, listener: _Listener) -> None:
-        self._listener = listener
-        config = listener.config
-        self._decoder = FeedDecoder(
-            config.source,
-            max_line_bytes=config.max_line_bytes,
-            fragment_timeout_s=config.fragment_timeout_s,
-        )
-        self._peer: object = None
-        self._accepted = False
-        # Counts already added to the metrics, to add only the difference per chunk.
-        self._lines = 0
-        self._messages = 0
-        self._rejects: Counter[str] = Counter()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Typed as the base class on purpose: uvloop's transports are not asyncio.Transport
-        # subclasses, and close() and get_extra_info() are all this needs.
-        listener = self._listener
-        self._peer = transport.get_extra_info("peername")
-        source = listener.config.source
-        if listener.open >= listener.config.max_connections:
-            listener.metrics.feed_rejected.labels(source, CONNECTION_REFUSED).inc()
+    def accept(self) -> bool:
+        server = self._server
+        source = self.source
+        if server.closing:
+            return False
+        if len(server.connections) >= source.config.max_connections:
+            source.rejected(CONNECTION_REFUSED)
             logger.warning(
                 "feed %s: refusing connection from %s: %d connections open (max_connections)",
-                source,
-                self._peer,
-                listener.open,
+                source.name,
+                self.peer,
+                len(server.connections),
             )
-            transport.close()
-            return
-        self._accepted = True
-        listener.open += 1
-        listener.m_connections.inc()
-        logger.info("feed %s: connection from %s", source, self._peer)
+            return False
+        server.connections.add(self)
+        logger.info("feed %s: connection from %s", source.name, self.peer)
+        return True
 
-    def data_received(self, data: bytes) -> None:
-        if not self._accepted:
-            return
-        listener = self._listener
-        started = time.perf_counter()
-        now = time.time()
-        try:
-            messages = self._decoder.feed(data, now)
-            self._decoder.expire(now)  # stops at the first young group: nearly free
-        except Exception:
-            # Unreachable by design (the decoder is property-tested against arbitrary bytes);
-            # if a bug slips through, one lost chunk beats a lost connection.
-            logger.exception(
-                "feed %s: framing failed on a chunk from %s", listener.config.source, self._peer
-            )
-            messages = []
-        listener.m_bytes.inc(len(data))
-        self._deliver(messages, time.perf_counter() - started)
+    def released(self) -> None:
+        self._server.connections.discard(self)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._accepted:
-            return
-        self._accepted = False
-        listener = self._listener
-        listener.open -= 1
-        listener.m_connections.dec()
-        started = time.perf_counter()
-        messages = self._decoder.flush(time.time())
-        self._deliver(messages, time.perf_counter() - started)
-        decoder = self._decoder
+
+class TcpServer:
+    """A listening feed and its open connections.
+
+    `close` stops listening *and* closes every open connection: `asyncio.Server.close` leaves
+    them open, and from Python 3.12 on its `wait_closed` waits for them, so a receiver that
+    never hangs up would hold a shutdown forever.
+    """
+
+    def __init__(self, source: FeedSource) -> None:
+        self.source = source
+        self.connections: set[_ServerProtocol] = set()
+        self.closing = False
+        self._server: asyncio.Server | None = None
+
+    async def listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.source.config
+        self._server = await loop.create_server(
+            lambda: _ServerProtocol(self), config.host, config.port
+        )
         logger.info(
-            "feed %s: connection from %s closed%s: %d lines, %d messages, rejects %s",
-            listener.config.source,
-            self._peer,
-            f" ({exc})" if exc else "",
-            decoder.lines,
-            decoder.messages,
-            dict(decoder.rejects) or "none",
+            "feed %s: listening on %s",
+            self.source.name,
+            ", ".join(str(s.getsockname()) for s in self._server.sockets),
         )
 
-    def _deliver(self, messages: list[RawMessage], framing_s: float) -> None:
-        """Hand a batch to the sink and add this chunk's counts to the metrics.
+    @property
+    def sockets(self) -> tuple[object, ...]:
+        return () if self._server is None else tuple(self._server.sockets)
 
-        `framing_s` excludes the sink: handing batches on is the router's stage, not ours.
-        """
-        listener = self._listener
-        if messages:
-            try:
-                listener.sink(messages)
-            except Exception:
-                logger.exception(
-                    "feed %s: sink failed on %d messages", listener.config.source, len(messages)
-                )
-        decoder = self._decoder
-        if decoder.lines != self._lines:
-            listener.m_lines.inc(decoder.lines - self._lines)
-            self._lines = decoder.lines
-        if decoder.messages != self._messages:
-            listener.m_messages.inc(decoder.messages - self._messages)
-            self._messages = decoder.messages
-        seen = self._rejects
-        for reason, count in decoder.rejects.items():
-            if count != seen[reason]:
-                listener.metrics.feed_rejected.labels(listener.config.source, reason).inc(
-                    count - seen[reason]
-                )
-                seen[reason] = count
-        listener.m_framing.inc(framing_s)
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError(f"feed {self.source.name}: not listening")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def close(self) -> None:
+        """Stop accepting and close every connection (their last lines are still delivered)."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for protocol in list(self.connections):
+            protocol.close()
+
+    async def wait_closed(self, timeout_s: float = 5.0) -> None:
+        """Wait until every connection is flushed and gone; aborts stragglers after `timeout_s`."""
+        self.close()
+        await wait_closed(list(self.connections), timeout_s)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), timeout_s)
+        self.source.close()
 
 
-async def start_tcp_server(config: FeedConfig, sink: Sink, metrics: Metrics) -> asyncio.Server:
+async def start_tcp_server(
+    config: FeedConfig, sink: Sink, metrics: Metrics, *, clock: Clock = time.monotonic
+) -> TcpServer:
     """Listen on ``config.host:config.port`` and stream every complete message to `sink`.
 
     `sink` is called on the event loop with one non-empty batch per chunk read and must not
-    block. Closing the returned server stops new connections; on Python 3.11 open ones stay
-    until their peers leave (``Server.close_clients`` arrived in 3.13).
+    block. Messages carry ``config.source`` as their source.
     """
-    listener = _Listener(config, sink, metrics)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _FeedProtocol(listener), config.host, config.port)
-    logger.info(
-        "feed %s: listening on %s",
-        config.source,
-        ", ".join(str(s.getsockname()) for s in server.sockets),
-    )
+    server = TcpServer(FeedSource(config.source, config, sink, metrics, clock=clock))
+    await server.listen()
     return server

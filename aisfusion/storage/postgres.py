@@ -19,7 +19,7 @@ import asyncpg
 
 from aisfusion.config import PostgresConfig
 from aisfusion.errors import PermanentStorageError, TransientStorageError
-from aisfusion.messages import HistoryBatch, VesselSeen
+from aisfusion.messages import HistoryBatch, Position, VesselSeen
 
 log = logging.getLogger(__name__)
 
@@ -163,22 +163,7 @@ class PostgresStore:
 
     async def write(self, batch: HistoryBatch) -> int:
         """Insert a batch idempotently; returns the number of position rows newly inserted."""
-        records = [
-            (
-                p.mmsi,
-                _utc(p.ts),
-                p.lat,
-                p.lon,
-                p.sog,
-                p.cog,
-                p.heading,
-                p.nav_status,
-                p.msg_type,
-                p.source,
-                p.station,
-            )
-            for p in batch.positions
-        ]
+        records = [_position_record(p) for p in batch.positions]
         vessels = reduce_vessels(batch.vessels)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -206,9 +191,61 @@ class PostgresStore:
         except Exception as exc:
             raise _wrap(exc, f"write batch {batch.batch_id}") from exc
 
+    async def write_isolated(self, batch: HistoryBatch) -> tuple[int, HistoryBatch, str]:
+        """Write a batch the database rejected row by row, so one bad row cannot block it.
+
+        Each row gets its own savepoint. Returns the rows inserted, a batch of the rows
+        rejected, and the first rejection's error.
+        """
+        inserted = 0
+        bad_positions: list[Position] = []
+        bad_vessels: list[VesselSeen] = []
+        first_error = ""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for p in batch.positions:
+                    try:
+                        async with conn.transaction():
+                            status = await conn.execute(
+                                f"INSERT INTO positions ({', '.join(_POSITION_COLUMNS)})"  # noqa: S608 - constant column names
+                                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                                " ON CONFLICT DO NOTHING",
+                                *_position_record(p),
+                            )
+                            inserted += int(status.rsplit(" ", 1)[-1])
+                    except asyncpg.PostgresError as exc:
+                        bad_positions.append(p)
+                        first_error = first_error or repr(exc)
+                for v in reduce_vessels(batch.vessels):
+                    try:
+                        async with conn.transaction():
+                            await conn.execute(_UPSERT_VESSELS, *_vessel_columns([v]))
+                    except asyncpg.PostgresError as exc:
+                        bad_vessels.append(v)
+                        first_error = first_error or repr(exc)
+        except Exception as exc:
+            raise _wrap(exc, f"write batch {batch.batch_id} row by row") from exc
+        return inserted, HistoryBatch(batch.batch_id, bad_positions, bad_vessels), first_error
+
     async def fetchval(self, query: str, *args: Any) -> Any:
         """One value from a read-only query (status, demo summary, tests)."""
         return await self.pool.fetchval(query, *args)
+
+
+def _position_record(p: Position) -> tuple[Any, ...]:
+    return (
+        p.mmsi,
+        _utc(p.ts),
+        p.lat,
+        p.lon,
+        p.sog,
+        p.cog,
+        p.heading,
+        p.nav_status,
+        p.msg_type,
+        p.source,
+        p.station,
+    )
 
 
 def _vessel_columns(vessels: list[VesselSeen]) -> list[list[Any]]:

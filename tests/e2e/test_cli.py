@@ -64,6 +64,7 @@ def start_service(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int]:
         "AISFUSION_FEED__PORT": "0",
         "AISFUSION_METRICS__PORT": "0",
         "AISFUSION_EMBEDDED__DATA_DIR": str(tmp_path / "data"),
+        "AISFUSION_SPOOL__DIR": str(tmp_path / "spool"),
         "AISFUSION_POSTGRES__URL": "",
         "AISFUSION_REDIS__URL": "",
     }

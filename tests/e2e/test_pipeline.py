@@ -103,11 +103,12 @@ def expected_positions(
 
 
 @pytest.fixture
-async def service(servers: Any) -> AsyncIterator[Service]:
+async def service(servers: Any, tmp_path: Path) -> AsyncIterator[Service]:
     pg_url = await fresh_database(servers.postgres_url)
     raw = msgspec.to_builtins(Config())
     raw["feed"].update(host="127.0.0.1", port=0, source="recorded")
     raw["metrics"]["port"] = 0
+    raw["spool"]["dir"] = str(tmp_path / "spool")
     raw["postgres"]["url"] = pg_url
     raw["redis"].update(url=servers.redis_url, key_prefix=unique_name("e2e") + ":")
     # A recorded file replays in seconds: dedup over the whole replay, bounded by the window.

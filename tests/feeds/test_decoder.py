@@ -28,12 +28,13 @@ import itertools
 import operator
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyais
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pyais.messages import NMEAMessage
 
@@ -586,3 +587,87 @@ def test_mutated_real_sentences_never_raise(lines: list[bytes]) -> None:
         assert 0 <= m.mmsi < 2**30
         assert 0 <= m.msg_type < 64
         assert len(m.payload) * 6 - m.fill_bits >= 38
+
+
+def _followers() -> list[bytes]:
+    """Complete messages as the corpus has them: one line, or a fragment group, or a tag block
+    on its own line and its sentence; each one a fresh decoder turns into exactly one message
+    with nothing rejected."""
+    rng = random.Random(11)
+    out: list[bytes] = []
+    for name in FILES:
+        lines = data_file(name).split(b"\n")
+        for _ in range(30):
+            i = rng.randrange(len(lines))
+            n = rng.choice([1, 2, 3])
+            chunk = b"\n".join(lines[i : i + n]) + b"\n"
+            d = decoder()
+            messages = d.feed(chunk, 1.0) + d.flush(1.0)
+            if len(messages) == 1 and not d.rejects and d.lines == n:
+                out.append(chunk)
+    return out
+
+
+# The corpus has tag blocks on their own line only in the DMA file, always with a $PGHP
+# sentence before the AIS one (which a follower may not have: it is rejected as not_ais).
+FOLLOWERS = [
+    *_followers(),
+    tagged("s:rx1,c:1700000000", b"") + b"\n" + POS + b"\n",
+    tagged("g:1-2-9,s:rx1", b"")
+    + b"\n"
+    + sentence("AIVDM,2,1,3,A,53KPtl01pv8`tTtR22050thhtr2222222222220l1`A916Vh0;20DPSmD`0D,0")
+    + b"\n"
+    + tagged("g:2-2-9", b"")
+    + b"\n"
+    + sentence("AIVDM,2,2,3,A,ljDm0CPiH80,2")
+    + b"\n",
+]
+
+
+def _routing(m: RawMessage) -> tuple[object, ...]:
+    return (m.mmsi, m.msg_type, m.payload, m.fill_bits)
+
+
+def test_followers_cover_single_lines_groups_and_standalone_tags() -> None:
+    sizes = Counter(f.count(b"\n") for f in FOLLOWERS)
+    assert sizes[1] > 50
+    assert sizes[2] > 5
+    assert sizes[4] == 1  # standalone tag blocks before each fragment
+
+
+def test_stray_tag_group_before_an_untagged_group_does_not_lose_it() -> None:
+    """Found while writing the property below: a tag block on its own line with a g: group
+    gave the untagged first fragment a group id its untagged continuation did not have."""
+    first = sentence("AIVDM,2,1,3,A,53KPtl01pv8`tTtR22050thhtr2222222222220l1`A916Vh0;20DPSmD`0D,0")
+    stream = b"\n".join([tagged("g:1-2-77", b""), first, sentence("AIVDM,2,2,3,A,ljDm0CPiH80,2")])
+    d = decoder()
+    out = d.feed(stream + b"\n", 1.0)
+    assert [m.mmsi for m in out] == [230178000]
+    assert not d.rejects
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    garbage=st.one_of(
+        st.binary(max_size=400),
+        st.lists(mutated_lines(), min_size=1, max_size=5).map(b"\n".join),
+        st.lists(st.sampled_from(SAMPLE), max_size=5).map(b"\n".join),
+    ),
+    follower=st.sampled_from(FOLLOWERS),
+    cuts=st.lists(st.integers(0, 10**6), max_size=6),
+    max_line=st.sampled_from([100, 1024]),
+)
+def test_a_valid_message_after_any_garbage_line_is_delivered(
+    garbage: bytes, follower: bytes, cuts: list[int], max_line: int
+) -> None:
+    fresh = decoder(max_line)
+    want = [_routing(m) for m in fresh.feed(follower, 1.0)]
+    assume(want)  # a follower line longer than max_line is rightly dropped
+    data = garbage + b"\n" + follower
+    d = decoder(max_line)
+    out: list[RawMessage] = []
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    for a, b in itertools.pairwise(bounds):
+        out += d.feed(data[a:b], 1.0)
+    out += d.flush(1.0)
+    assert [_routing(m) for m in out[-1:]] == want

@@ -16,7 +16,7 @@ import uvloop
 
 from aisfusion.config import FeedConfig
 from aisfusion.feeds.decoder import FeedDecoder
-from aisfusion.feeds.tcp import start_tcp_server
+from aisfusion.feeds.tcp import TcpServer, start_tcp_server
 from aisfusion.messages import RawMessage
 from aisfusion.metrics import Metrics
 
@@ -81,11 +81,11 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
 class Harness:
     """A listener on an ephemeral loopback port, its metrics and everything it delivered."""
 
-    def __init__(self, server: asyncio.Server, metrics: Metrics) -> None:
+    def __init__(self, server: TcpServer, metrics: Metrics) -> None:
         self.server = server
         self.metrics = metrics
         self.batches: list[list[RawMessage]] = []
-        self.port: int = server.sockets[0].getsockname()[1]
+        self.port = server.port
 
     @property
     def messages(self) -> list[RawMessage]:
@@ -205,6 +205,8 @@ def test_on_uvloop() -> None:
         check_file_over_tcp("gfw-listener-mixed.nmea", 7),
         test_bad_input_keeps_the_connection_and_spares_others(),
         test_connections_beyond_the_limit_are_refused(),
+        test_a_silent_client_is_closed_after_the_idle_timeout(),
+        test_closing_the_server_closes_open_connections_and_flushes_them(),
     ]
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         for scenario in scenarios:
@@ -347,7 +349,7 @@ async def test_a_failing_sink_does_not_close_the_connection(
     config = FeedConfig(host="127.0.0.1", port=0, source=SOURCE)
     server = await start_tcp_server(config, sink, metrics)
     try:
-        _, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        _, w = await asyncio.open_connection("127.0.0.1", server.port)
         w.write(GOOD)
         await w.drain()
         await wait_until(lambda: len(calls) == 1)
@@ -360,3 +362,71 @@ async def test_a_failing_sink_does_not_close_the_connection(
     finally:
         server.close()
         await server.wait_closed()
+
+
+# --- idle connections ----------------------------------------------------------------------
+
+
+async def test_a_silent_client_is_closed_after_the_idle_timeout() -> None:
+    h = await start(idle_timeout_s=0.2)
+    try:
+        reader, writer = await h.connect()
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""  # the server hung up
+        await wait_until(lambda: h.value("aisfusion_feed_connections") == 0)
+        assert h.value("aisfusion_feed_idle_closed_total") == 1
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await stop(h)
+
+
+async def test_bytes_without_a_newline_do_not_keep_a_connection_open() -> None:
+    """A peer trickling bytes that never end a line holds a slot and delivers nothing."""
+    h = await start(idle_timeout_s=0.3)
+    try:
+        reader, writer = await h.connect()
+
+        async def trickle() -> None:
+            for byte in GOOD.rstrip() * 20:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(trickle())
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""
+        task.cancel()
+        assert h.value("aisfusion_feed_idle_closed_total") == 1
+        assert h.value("aisfusion_feed_lines_total") == 1  # the partial line, flushed at close
+        writer.close()
+    finally:
+        await stop(h)
+
+
+async def test_a_client_sending_lines_is_not_idle() -> None:
+    h = await start(idle_timeout_s=0.5)
+    try:
+        _, writer = await h.connect()
+        for _ in range(30):  # 1.5 s: three idle timeouts
+            writer.write(GOOD)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(h.messages) == 30)
+        assert h.value("aisfusion_feed_connections") == 1
+        assert h.value("aisfusion_feed_idle_closed_total") == 0
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await stop(h)
+
+
+async def test_closing_the_server_closes_open_connections_and_flushes_them() -> None:
+    h = await start()
+    reader, writer = await h.connect()
+    await sent_and_seen(h, writer, GOOD + GOOD.rstrip())  # the second line has no newline
+    async with asyncio.timeout(10):
+        await stop(h)
+        assert await reader.read() == b""
+    assert len(h.messages) == 2
+    assert h.value("aisfusion_feed_connections") == 0
+    writer.close()
