@@ -19,6 +19,7 @@ import pykka
 
 from aisfusion.actors.batcher import BatcherActor
 from aisfusion.actors.shard import ShardActor, ShardStats, VesselQuery
+from aisfusion.actors.sources import SourcesActor, SourceTable
 from aisfusion.config import Config
 from aisfusion.feeds.manager import FeedSet
 from aisfusion.httpd import MetricsServer
@@ -75,6 +76,7 @@ class Service:
         self.postgres: PostgresStore | None = None
         self.redis: RedisStore | None = None
         self.shards: list[pykka.ActorRef[Any]] = []
+        self.sources: pykka.ActorRef[Any] | None = None
         self.batcher: pykka.ActorRef[Any] | None = None
         self.storage: pykka.ActorRef[Any] | None = None
         self.spool: Spool | None = None
@@ -171,8 +173,22 @@ class Service:
         )
         live = self.storage.proxy().slot("live_writer").get()
         self.batcher = BatcherActor.start(cfg.batcher, self.storage)
+        self.sources = SourcesActor.start(cfg.sources, m)
         self.shards = [
-            ShardActor.start(i, cfg.actors, self.batcher, live, m) for i in range(cfg.actors.shards)
+            ShardActor.start(
+                i,
+                cfg.actors,
+                self.batcher,
+                live,
+                m,
+                fusion=cfg.fusion,
+                sources_config=cfg.sources,
+                sources=self.sources,
+                store=self.redis,
+                bridge=self.bridge,
+                shards=cfg.actors.shards,
+            )
+            for i in range(cfg.actors.shards)
         ]
         tick = min(cfg.batcher.flush_interval_s, cfg.redis.flush_interval_s) / 2
         self._ticker = Ticker(max(0.005, min(tick, 0.25)), [self.batcher, self.storage, live])
@@ -192,9 +208,12 @@ class Service:
             cfg.actors.shards,
         )
 
-    async def drain(self, deadline_s: float = 60.0) -> bool:
-        """Write everything accepted so far to Redis and Postgres (or divert it to the DLQ or
-        spool while a store is down). True if nothing is left in flight by the deadline."""
+    async def drain(self, deadline_s: float = 60.0, *, everything: bool = True) -> bool:
+        """Write everything accepted so far to Redis and Postgres; True if done by the deadline.
+
+        With `everything` (the default) this waits until batches diverted to the DLQ or the
+        spool are in Postgres too; without, diverted batches count as safe (graceful stop).
+        """
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + deadline_s
 
@@ -210,7 +229,8 @@ class Service:
             live = self.storage.proxy().slot("live_writer").get()
             if live.ref is not None:
                 live.ref.ask(Flush(), timeout=deadline_s)
-            while cast(int, self.storage.ask(Flush(), timeout=deadline_s)) > 0:
+            flush = Flush(everything=everything)
+            while cast(int, self.storage.ask(flush, timeout=deadline_s)) > 0:
                 if time.monotonic() > deadline:
                     return False
                 time.sleep(0.05)
@@ -227,7 +247,8 @@ class Service:
             await self._feed.stop()
             self._feed = None
         try:
-            if drain and self.shards and not await self.drain(self.config.breaker.call_timeout_s):
+            deadline = self.config.breaker.call_timeout_s
+            if drain and self.shards and not await self.drain(deadline, everything=False):
                 spilled = self.storage.ask(SpillInflight()) if self.storage else 0
                 log.warning("stop deadline: %d unconfirmed batches moved to the spool", spilled)
         finally:
@@ -238,6 +259,9 @@ class Service:
                 if ref is not None:
                     ref.stop()
             self.shards, self.batcher, self.storage = [], None, None
+            if self.sources is not None:
+                self.sources.stop()
+                self.sources = None
             for store in (self.redis, self.postgres):
                 if store is not None and self.bridge.running:
                     await asyncio.wrap_future(self.bridge.submit(store.close()))
@@ -276,6 +300,7 @@ class Service:
             "started_at": self.started_at,
             "failure": self.failure,
             "shards": [s.ask(ShardStats(), timeout=5) for s in self.shards if s.is_alive()],
+            "sources": self.sources.ask(SourceTable(), timeout=5) if self.sources else [],
             "batcher": bool(self.batcher and self.batcher.is_alive()),
             "storage": storage,
             "embedded": self.embedded is not None,

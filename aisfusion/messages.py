@@ -99,7 +99,13 @@ class Tick(msgspec.Struct, frozen=True):
 
 
 class Flush(msgspec.Struct, frozen=True):
-    """Control (ask): flush everything pending now and reply when it is written."""
+    """Control (ask): flush what is pending now; the reply says how much is still pending.
+
+    With `everything`, batches waiting in the dead-letter queue or the spool count as pending
+    even while Postgres is down (used to wait until all accepted data is in Postgres).
+    """
+
+    everything: bool = False
 
 
 # -- supervision of the storage writers ---------------------------------------------------

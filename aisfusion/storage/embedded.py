@@ -617,8 +617,11 @@ class EmbeddedServers:
                     "--bind", _HOST,
                     "--protected-mode", "yes",
                     "--daemonize", "no",
+                    # The dead-letter queue lives here: an append-only file (fsync every
+                    # second) keeps it across a restart of Valkey; no RDB snapshots.
                     "--save", "",
-                    "--appendonly", "no",
+                    "--appendonly", "yes",
+                    "--appendfsync", "everysec",
                     "--dir", str(workdir),
                     "--logfile", "",
                 ]  # fmt: skip
@@ -634,7 +637,7 @@ class EmbeddedServers:
             self._redis.start(launch, self.start_timeout_s)
 
     def stop_redis(self) -> None:
-        """Stop Valkey alone, keeping its port (fault injection; it keeps no data)."""
+        """Stop Valkey alone, keeping its port and its append-only file (fault injection)."""
         with self._mutex:
             self._redis.stop()
 

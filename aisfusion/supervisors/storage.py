@@ -129,8 +129,8 @@ class StorageSupervisor(Supervisor):
             case BatchFailed(ticket=ticket, error=error):
                 self._failed_write(ticket, error)
                 return None
-            case Flush():
-                return self._pending()
+            case Flush(everything=everything):
+                return self._pending(everything)
             case StorageStatus():
                 return self.status()
             case BreakerCommand(breaker=name, action=action):
@@ -305,11 +305,12 @@ class StorageSupervisor(Supervisor):
         self.redis_breaker.success()
         return True if result is None else result
 
-    def _pending(self) -> int:
+    def _pending(self, everything: bool) -> int:
         """Batches not yet in Postgres that should get there now: in flight, and — while the
-        breaker is closed — waiting in the DLQ (parked ones excepted) or in the spool."""
+        breaker is closed, or `everything` is asked — waiting in the DLQ (parked ones
+        excepted) or in the spool."""
         pending = len(self._inflight)
-        if self.pg_breaker.state is BreakerState.CLOSED:
+        if everything or self.pg_breaker.state is BreakerState.CLOSED:
             stats = self._redis_call(self._dlq.stats())
             if isinstance(stats, DlqStats):
                 pending += stats.ready + stats.scheduled + stats.leased
