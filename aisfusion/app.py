@@ -32,7 +32,13 @@ from aisfusion.storage.postgres import PostgresStore
 from aisfusion.storage.redis import RedisStore
 from aisfusion.storage.spool import Spool
 from aisfusion.supervisors.breaker import BreakerState, CircuitBreaker
-from aisfusion.supervisors.storage import SpillInflight, StorageStatus, StorageSupervisor
+from aisfusion.supervisors.storage import (
+    BreakerCommand,
+    DlqCommand,
+    SpillInflight,
+    StorageStatus,
+    StorageSupervisor,
+)
 from aisfusion.supervisors.supervisor import Slot
 
 log = logging.getLogger(__name__)
@@ -305,6 +311,18 @@ class Service:
             "storage": storage,
             "embedded": self.embedded is not None,
         }
+
+    def dlq(self, action: str, **options: Any) -> Any:
+        """Operate the dead-letter queue (blocking: call off the feed loop)."""
+        if self.storage is None:
+            raise RuntimeError("service not running")
+        return self.storage.ask(DlqCommand(action, **options), timeout=30)
+
+    def breaker(self, name: str, action: str) -> dict[str, Any]:
+        """Trip or reset a breaker as an operator (blocking: call off the feed loop)."""
+        if self.storage is None or name not in self.breakers or action not in ("trip", "reset"):
+            raise ValueError(f"no breaker {name!r} or action {action!r}")
+        return cast(dict[str, Any], self.storage.ask(BreakerCommand(name, action), timeout=5))
 
     def tree_text(self) -> str:
         """The supervision tree as printed at start."""

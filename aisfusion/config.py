@@ -163,6 +163,7 @@ class EmbeddedConfig(_Section, frozen=True):
 class MetricsConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 9110
+    admin_token: str = ""
 
 
 class LogConfig(_Section, frozen=True):

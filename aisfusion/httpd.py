@@ -1,4 +1,5 @@
-"""The metrics HTTP port: Prometheus exposition, health, readiness and read-only status.
+"""The metrics HTTP port: Prometheus exposition, health, readiness, read-only status, and
+token-protected operator endpoints (``/admin/dlq``, ``/admin/breakers/NAME/trip|reset``).
 
 It runs in its own threads (not on the feed loop), so it keeps answering when ingest is busy.
 It binds to loopback unless configured otherwise.
@@ -6,9 +7,11 @@ It binds to loopback unless configured otherwise.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +28,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         service = self.server.service
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
+        path, query = self._route()
+        if path.startswith("/admin/"):
+            self._admin("GET", path, query)
+        elif path == "/metrics":
             self._send(200, generate_latest(service.metrics.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
@@ -38,6 +43,59 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, body, "application/json")
         else:
             self._send(404, b"not found\n", "text/plain")
+
+    def do_POST(self) -> None:
+        path, query = self._route()
+        if path.startswith("/admin/"):
+            self._admin("POST", path, query)
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _route(self) -> tuple[str, dict[str, str]]:
+        url = urllib.parse.urlsplit(self.path)
+        return url.path, dict(urllib.parse.parse_qsl(url.query))
+
+    def _admin(self, method: str, path: str, query: dict[str, str]) -> None:
+        """Operator endpoints: the DLQ and the breakers, behind a bearer token."""
+        token = self.server.service.config.metrics.admin_token
+        if not token:
+            self._json(404, {"error": "admin endpoints are disabled (metrics.admin_token)"})
+            return
+        given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            self._json(401, {"error": "missing or wrong bearer token"})
+            return
+        service = self.server.service
+        parts = path.strip("/").split("/")
+        try:
+            match method, parts:
+                case "GET", ["admin", "dlq"]:
+                    limit = int(query.get("peek", "10"))
+                    parked = query.get("parked") in ("1", "true")
+                    body: Any = {
+                        "stats": service.dlq("stats"),
+                        "entries": service.dlq("peek", limit=limit, parked=parked),
+                    }
+                case "POST", ["admin", "dlq", "retry"]:
+                    body = {"moved": service.dlq("retry", entry_id=query.get("id"))}
+                case "POST", ["admin", "dlq", "clear"]:
+                    parked = query.get("parked") in ("1", "true")
+                    body = {"cleared": service.dlq("clear", parked=parked)}
+                case "POST", ["admin", "breakers", name, action]:
+                    body = service.breaker(name, action)
+                case _:
+                    self._json(404, {"error": f"no admin endpoint {method} {path}"})
+                    return
+        except ValueError as exc:
+            self._json(400, {"error": str(exc)})
+            return
+        except Exception as exc:  # report storage trouble to the operator, keep serving
+            self._json(503, {"error": repr(exc)})
+            return
+        self._json(200, body)
+
+    def _json(self, code: int, body: Any) -> None:
+        self._send(code, json.dumps(body, indent=2).encode(), "application/json")
 
     def _send(self, code: int, body: bytes, content_type: str) -> None:
         self.send_response(code)

@@ -51,6 +51,15 @@ class StorageStatus(msgspec.Struct, frozen=True):
     """Control (ask): breakers, in-flight batches, DLQ and spool figures."""
 
 
+class DlqCommand(msgspec.Struct, frozen=True):
+    """Control (ask): operate the dead-letter queue (stats, peek, retry, clear)."""
+
+    action: str  # "stats", "peek", "retry" or "clear"
+    entry_id: str | None = None  # retry: one entry (default: all, parked included)
+    limit: int = 10  # peek
+    parked: bool = False  # peek/clear: the parked entries only
+
+
 class SpillInflight(msgspec.Struct, frozen=True):
     """Control (ask), at a stop deadline: move every unconfirmed batch to the spool."""
 
@@ -137,6 +146,8 @@ class StorageSupervisor(Supervisor):
                 breaker = {"postgres": self.pg_breaker, "redis": self.redis_breaker}[name]
                 breaker.trip() if action == "trip" else breaker.reset()
                 return breaker.snapshot()
+            case DlqCommand():
+                return self._dlq_command(message)
             case SpillInflight():
                 return self._spill_inflight()
             case _:
@@ -290,6 +301,37 @@ class StorageSupervisor(Supervisor):
         self._spool_segment = (segment, len(batches))
         for batch in batches:
             self._send(batch, ("spool", segment))
+
+    def _dlq_command(self, cmd: DlqCommand) -> Any:
+        """Operator access to the DLQ; raises if Redis cannot be reached (no silent answer)."""
+        dlq = self._dlq
+        match cmd.action:
+            case "stats":
+                coro: Any = dlq.stats()
+            case "peek":
+                coro = dlq.peek(cmd.limit, parked=cmd.parked)
+            case "retry":
+                coro = dlq.retry_now(cmd.entry_id)
+            case "clear":
+                coro = dlq.clear(parked_only=cmd.parked)
+            case _:
+                raise ValueError(f"unknown dlq action {cmd.action!r}")
+        result = call(self._bridge, coro, self._timeout)
+        if cmd.action == "peek":
+            return [
+                {
+                    "id": e.id,
+                    "attempts": e.attempts,
+                    "error": e.error,
+                    "source": e.source,
+                    "rows": len(e.batch.positions),
+                    "first_failed_at": e.first_failed_at,
+                    "next_retry_at": e.next_retry_at,
+                    "parked": e.parked,
+                }
+                for e in result
+            ]
+        return msgspec.to_builtins(result)
 
     def _redis_call(self, coro: Any) -> Any:
         """A DLQ operation under the Redis breaker; None when Redis is unavailable."""
