@@ -3,19 +3,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
+
+from tests.dbs import fresh_database, unique_name
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ais"
 CLI = [sys.executable, "-m", "aisfusion.cli"]
@@ -56,8 +62,9 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start_service(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int]:
-    """`aisfusion run` on embedded servers and free ports; returns (process, feed, metrics)."""
+def start_service(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    """`aisfusion run` on free ports, on embedded servers unless `settings` name URLs;
+    returns (process, feed port, metrics port)."""
     env = {
         **os.environ,
         "AISFUSION_FEED__HOST": "127.0.0.1",
@@ -67,6 +74,7 @@ def start_service(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int]:
         "AISFUSION_SPOOL__DIR": str(tmp_path / "spool"),
         "AISFUSION_POSTGRES__URL": "",
         "AISFUSION_REDIS__URL": "",
+        **settings,
     }
     log = tmp_path / "service.log"
     with log.open("w") as sink:  # a file, not a pipe: nobody has to keep reading it
@@ -177,3 +185,58 @@ def test_bad_configuration_names_each_setting(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "feed.port" in result.stderr
     assert "batcher.max_rowz: unknown setting (did you mean 'max_rows'?)" in result.stderr
+
+
+def test_sigterm_flushes_every_accepted_position(tmp_path: Path, servers: Any) -> None:
+    """Batches wait up to a minute in the batcher here; SIGTERM must still write them all."""
+    pg_url = asyncio.run(fresh_database(servers.postgres_url))
+    proc, feed, metrics = start_service(
+        tmp_path,
+        AISFUSION_POSTGRES__URL=pg_url,
+        AISFUSION_REDIS__URL=servers.redis_url,
+        AISFUSION_REDIS__KEY_PREFIX=unique_name("sigterm") + ":",
+        AISFUSION_BATCHER__FLUSH_INTERVAL_S="60",
+        AISFUSION_BATCHER__MAX_ROWS="100000",
+    )
+    try:
+        data = (DATA / "aishub-2015.nmea").read_bytes()
+        with socket.create_connection(("127.0.0.1", feed)) as sock:
+            sock.sendall(data)
+
+        def metric(name: str) -> float:
+            found = re.search(rf"^{re.escape(name)} (\S+)$", get(metrics, "/metrics"), re.M)
+            return float(found[1]) if found else 0.0
+
+        def processed() -> int:
+            status = json.loads(get(metrics, "/status"))
+            return sum(s["processed"] for s in status["shards"])
+
+        deadline = time.monotonic() + 60
+        while processed() < metric('aisfusion_feed_messages_total{source="tcp"}') or metric(
+            'aisfusion_feed_lines_total{source="tcp"}'
+        ) < data.count(b"\n"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        decided = metric("aisfusion_decisions_total")
+        assert metric('aisfusion_batch_rows_total{store="postgres"}') == 0  # all still pending
+        assert decided > 50_000
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    async def count() -> int:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM positions"))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(count()) == decided
+
+
+def get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return str(resp.read().decode())
