@@ -78,10 +78,6 @@ class TcpServer:
         )
 
     @property
-    def sockets(self) -> tuple[object, ...]:
-        return () if self._server is None else tuple(self._server.sockets)
-
-    @property
     def port(self) -> int:
         if self._server is None or not self._server.sockets:
             raise RuntimeError(f"feed {self.source.name}: not listening")
@@ -114,6 +110,11 @@ async def start_tcp_server(
     `sink` is called on the event loop with one non-empty batch per chunk read and must not
     block. Messages carry ``config.source`` as their source.
     """
-    server = TcpServer(FeedSource(config.source, config, sink, metrics, clock=clock))
-    await server.listen()
+    source = FeedSource(config.source, config, sink, metrics, clock=clock)
+    server = TcpServer(source)
+    try:
+        await server.listen()
+    except BaseException:
+        source.close()
+        raise
     return server

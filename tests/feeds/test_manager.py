@@ -136,10 +136,13 @@ async def test_a_feed_that_cannot_start_closes_the_others() -> None:
             udp=(UdpFeedConfig(name="udp", host="127.0.0.1", port=taken.getsockname()[1]),),
         )
         feeds = FeedSet()
+        metrics = Metrics()
         with pytest.raises(OSError, match="in use"):
-            await feeds.start(config, lambda batch: None, Metrics())
+            await feeds.start(config, lambda batch: None, metrics)
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", tcp_port)
+    for source in ("tcp", "udp"):  # no age left growing for feeds that are not running
+        assert value(metrics, "aisfusion_feed_last_message_age_seconds", source) is None
     with pytest.raises(RuntimeError):
         _ = feeds.tcp_port
 
