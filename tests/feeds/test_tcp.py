@@ -430,3 +430,21 @@ async def test_closing_the_server_closes_open_connections_and_flushes_them() -> 
     assert len(h.messages) == 2
     assert h.value("aisfusion_feed_connections") == 0
     writer.close()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.iterdir() if p.name != "MANIFEST.md"))
+async def test_every_recorded_file_over_tcp_matches_the_decoder(name: str) -> None:
+    """Every file over a real socket gives what the decoder gives in-process, which
+    tests/feeds/test_decoder.py checks against counts derived independently from each file."""
+    data = (DATA / name).read_bytes()
+    h = await start()
+    try:
+        await h.send_all(data, 65536)
+    finally:
+        await stop(h)
+    d = FeedDecoder(SOURCE, max_line_bytes=1024, fragment_timeout_s=10.0)
+    local = d.feed(data, 0.0) + d.flush(0.0)
+    assert [_key(m) for m in h.messages] == [_key(m) for m in local]
+    assert h.value("aisfusion_feed_lines_total") == d.lines
+    for reason, n in d.rejects.items():
+        assert rejected(h.metrics, reason) == n, reason
