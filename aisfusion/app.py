@@ -1,7 +1,8 @@
 """The service: builds the actor tree, starts it in dependency order and stops it in reverse.
 
 Start order: embedded servers (when no URLs are configured) → storage loop bridge → stores
-(connect, migrate) → writers → batcher → shards → ticker → feed listener → metrics HTTP.
+(connect, migrate) → writers → batcher → shards → ticker → feed listener → metrics HTTP →
+control socket (`aisfusion shell`).
 Stop is the reverse, in `finally` blocks, idempotent; a graceful stop drains every stage so
 nothing accepted is left unwritten.
 """
@@ -10,17 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import pykka
 
+from aisfusion import __version__
 from aisfusion.actors.batcher import BatcherActor
-from aisfusion.actors.shard import ShardActor, ShardStats, VesselQuery
-from aisfusion.actors.sources import SourcesActor, SourceTable
+from aisfusion.actors.shard import ShardActor, ShardStats, VesselQuery, known_by_shard
+from aisfusion.actors.sources import SourcesActor, SourceTable, WeightBoard
 from aisfusion.config import Config
+from aisfusion.control import NEAR_MAX_KM, ControlServer
 from aisfusion.feeds.manager import FeedSet
 from aisfusion.httpd import MetricsServer
 from aisfusion.messages import Flush, Tick
@@ -39,9 +45,22 @@ from aisfusion.supervisors.storage import (
     StorageStatus,
     StorageSupervisor,
 )
-from aisfusion.supervisors.supervisor import Slot
+from aisfusion.supervisors.supervisor import RestartChild, Slot, SupervisionTree
 
 log = logging.getLogger(__name__)
+
+STATUS_TIMEOUT_S = 3.0
+RESTARTABLE = ("postgres_writer", "live_writer")
+REDIS_MEMORY_EVERY_S = 5.0
+_FLOAT_FIELDS = frozenset({"lat", "lon", "sog", "cog", "ts"})
+
+
+def mailbox_depth(ref: pykka.ActorRef[Any] | None) -> int | None:
+    """Messages waiting in an actor's inbox (a stdlib queue under pykka's threading actors)."""
+    if ref is None:
+        return None
+    qsize = getattr(ref.actor_inbox, "qsize", None)
+    return int(qsize()) if qsize is not None else None
 
 
 class Ticker:
@@ -93,6 +112,9 @@ class Service:
         self._ticker: Ticker | None = None
         self._feed: FeedSet | None = None
         self._http: MetricsServer | None = None
+        self._control: ControlServer | None = None
+        self._redis_memory: tuple[float, float, float] | None = None  # used, max, read at
+        self._redis_memory_lock = threading.Lock()
         self.started_at: float | None = None
 
     async def __aenter__(self) -> Service:
@@ -179,7 +201,11 @@ class Service:
         )
         live = self.storage.proxy().slot("live_writer").get()
         self.batcher = BatcherActor.start(cfg.batcher, self.storage)
-        self.sources = SourcesActor.start(cfg.sources, m)
+        board = WeightBoard()
+        self.sources = SourcesActor.start(cfg.sources, m, board=board)
+        # Vessels with a live record: rehydrated from it when they report again.
+        saved = await asyncio.wrap_future(self.bridge.submit(self.redis.live_mmsis()))
+        known = known_by_shard(saved, cfg.actors.shards)
         self.shards = [
             ShardActor.start(
                 i,
@@ -193,6 +219,8 @@ class Service:
                 store=self.redis,
                 bridge=self.bridge,
                 shards=cfg.actors.shards,
+                known=known[i],
+                weights=board,
             )
             for i in range(cfg.actors.shards)
         ]
@@ -204,6 +232,11 @@ class Service:
         await self._feed.start(cfg.feed, Router(self.shards, m), m)
         self._http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self)
         self._http.start()
+        self._watch(live)
+        if cfg.control.socket:
+            control = ControlServer(cfg.control.socket, self)
+            if control.start():
+                self._control = control
         self.started_at = time.time()
         log.info(
             "aisfusion started: feed %s:%d, metrics http://%s:%d/metrics, %d shards",
@@ -246,6 +279,9 @@ class Service:
 
     async def stop(self, *, drain: bool = True) -> None:
         """Stop everything in reverse start order; idempotent."""
+        if self._control is not None:
+            self._control.stop()
+            self._control = None
         if self._http is not None:
             self._http.stop()
             self._http = None
@@ -300,17 +336,195 @@ class Service:
         return cast(dict[str, Any] | None, shard.ask(VesselQuery(mmsi), timeout=timeout))
 
     def status(self) -> dict[str, Any]:
-        """Read-only status for /status and the shell (blocking: call off the feed loop)."""
-        storage = self.storage.ask(StorageStatus(), timeout=5) if self.storage else None
+        """Read-only status for /status and the shell's `status` (blocking: call off the feed
+        loop). The actors are asked at once; one that does not answer within
+        `STATUS_TIMEOUT_S` (a long mailbox) is shown as busy, with its mailbox depth."""
+        deadline = time.monotonic() + STATUS_TIMEOUT_S
+
+        def ask(ref: pykka.ActorRef[Any] | None, message: Any) -> Any:
+            return None if ref is None else ref.ask(message, block=False)
+
+        def answer(future: Any) -> Any:
+            if future is None:
+                return None
+            try:
+                return future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # busy (timeout) or dead: the tree says which
+                return None
+
+        asked_shards = [ask(s, ShardStats()) for s in self.shards]
+        asked_storage = ask(self.storage, StorageStatus())
+        asked_sources = ask(self.sources, SourceTable())
+        shards = [answer(f) for f in asked_shards]
+        storage = answer(asked_storage)
+        sources = answer(asked_sources)
+        started = self.started_at
         return {
-            "started_at": self.started_at,
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": started,
+            "uptime_s": None if started is None else round(time.time() - started, 3),
+            "ready": self.ready,
             "failure": self.failure,
-            "shards": [s.ask(ShardStats(), timeout=5) for s in self.shards if s.is_alive()],
-            "sources": self.sources.ask(SourceTable(), timeout=5) if self.sources else [],
+            "tree": self._tree(shards, storage),
+            "shards": [s for s in shards if s is not None],
+            "sources": sources if sources is not None else [],
             "batcher": bool(self.batcher and self.batcher.is_alive()),
             "storage": storage,
             "embedded": self.embedded is not None,
+            "control_socket": str(self._control.path) if self._control is not None else None,
         }
+
+    def _tree(self, shards: list[Any], storage: dict[str, Any] | None) -> dict[str, Any]:
+        """The supervision tree with each actor's state, restart count and mailbox depth."""
+
+        def node(name: str, kind: str, ref: pykka.ActorRef[Any] | None) -> dict[str, Any]:
+            alive = ref is not None and ref.is_alive()
+            return {
+                "name": name,
+                "kind": kind,
+                "state": "running" if alive else "dead",
+                "restarts": None,  # not supervised: its failure stops the service
+                "mailbox": mailbox_depth(ref),
+            }
+
+        children: list[dict[str, Any]] = []
+        for ref, stats in zip(self.shards, shards, strict=True):
+            child = node(f"shard-{len(children)}", "shard", ref)
+            if stats is not None:
+                child.update(vessels=stats.get("vessels"), processed=stats.get("processed"))
+            elif child["state"] == "running":
+                child["state"] = "busy"
+            children.append(child)
+        children += [
+            node("sources", "sources", self.sources),
+            node("batcher", "batcher", self.batcher),
+        ]
+        supervisor = node("storage", "supervisor", self.storage)
+        if storage is not None:
+            tree = storage["tree"]
+            supervisor.update(
+                strategy=tree["strategy"],
+                max_restarts=tree["max_restarts"],
+                within_s=tree["within_s"],
+                escalated=tree["escalated"],
+                children=[
+                    {
+                        "name": c["name"],
+                        "kind": "writer",
+                        "state": c["state"],
+                        "restarts": c["restarts"],
+                        "mailbox": c["mailbox"],
+                        "last_error": c["last_error"],
+                    }
+                    for c in tree["children"]
+                ],
+            )
+        elif supervisor["state"] == "running":
+            supervisor.update(state="busy", children=[])
+        children.append(supervisor)
+        state = "running" if self.ready else "not ready"
+        if self.failure is not None:
+            state = "failed"
+        return {
+            "name": "aisfusion",
+            "kind": "root",
+            "state": state,
+            "restarts": None,
+            "mailbox": None,
+            "children": children,
+        }
+
+    @property
+    def restartable(self) -> tuple[str, ...]:
+        """The actors an operator may restart: the supervised storage writers."""
+        return RESTARTABLE
+
+    def restart(self, name: str) -> dict[str, Any]:
+        """Restart a supervised actor as an operator; returns its node of the tree (blocking:
+        call off the feed loop)."""
+        if self.storage is None:
+            raise RuntimeError("service not running")
+        if name not in RESTARTABLE:
+            raise ValueError(
+                f"{name!r} cannot be restarted (restartable: {', '.join(RESTARTABLE)})"
+            )
+        slot = cast(Slot, self.storage.proxy().slot(name).get(timeout=5))
+        if name == "live_writer" and slot.ref is not None:
+            # Its conflated positions exist only in its memory: write them first.
+            slot.ref.ask(Flush(), timeout=self.config.breaker.call_timeout_s + 5)
+        log.warning("operator: restarting %s", name)
+        self.storage.ask(RestartChild(name), timeout=self.config.breaker.call_timeout_s + 20)
+        tree = cast(dict[str, Any], self.storage.ask(SupervisionTree(), timeout=5))
+        return cast(dict[str, Any], next(c for c in tree["children"] if c["name"] == name))
+
+    def near(self, lat: float, lon: float, km: float, limit: int = 20) -> list[dict[str, Any]]:
+        """Live vessels within `km` of (lat, lon), nearest first (blocking: off the feed loop)."""
+        if self.redis is None:
+            raise RuntimeError("service not running")
+        if not 0 < km <= NEAR_MAX_KM:
+            raise ValueError(f"radius must be within 0..{NEAR_MAX_KM:g} km, got {km:g}")
+        hits = self.bridge.run(self.redis.near(lat, lon, km, limit), 5.0)
+        out = []
+        for mmsi, dist, record in hits:
+            vessel: dict[str, Any] = {"mmsi": mmsi, "distance_km": round(dist, 3)}
+            for key, value in record.items():
+                try:
+                    vessel[key] = float(value) if key in _FLOAT_FIELDS else value
+                except ValueError:
+                    vessel[key] = value
+            out.append(vessel)
+        return out
+
+    def _watch(self, live: Slot) -> None:
+        """Gauges computed at scrape time: mailbox depths, readiness, Redis memory."""
+        m = self.metrics
+        assert self.storage is not None
+        writer = cast(Slot, self.storage.proxy().slot("postgres_writer").get())
+
+        def depth(refs: Callable[[], list[pykka.ActorRef[Any] | None]]) -> Callable[[], float]:
+            return lambda: float(sum(mailbox_depth(ref) or 0 for ref in refs()))
+
+        depths: dict[str, Callable[[], list[pykka.ActorRef[Any] | None]]] = {
+            "shard": lambda: list(self.shards),
+            "sources": lambda: [self.sources],
+            "batcher": lambda: [self.batcher],
+            "storage": lambda: [self.storage],
+            "postgres_writer": lambda: [writer.ref],
+            "live_writer": lambda: [live.ref],
+        }
+        for actor, refs in depths.items():
+            m.mailbox_messages.labels(actor).set_function(depth(refs))
+        # Labelled series exist from the start (at 0), so rates and alerts see them.
+        for name in self.breakers:
+            for state in BreakerState:
+                m.breaker_state.labels(name, str(state))
+                m.breaker_transitions.labels(name, str(state))
+        for name in RESTARTABLE:
+            m.writer_restarts.labels(name)
+        for reason in ("idle", "lru"):
+            m.vessel_passivations.labels(reason)
+        m.ready.set_function(lambda: 1.0 if self.ready else 0.0)
+        m.redis_memory_used.set_function(lambda: self._read_redis_memory()[0])
+        m.redis_memory_max.set_function(lambda: self._read_redis_memory()[1])
+
+    def _read_redis_memory(self) -> tuple[float, float]:
+        """Redis (used, max) memory in bytes, read at most every few seconds (NaN: unknown)."""
+        with self._redis_memory_lock:
+            now = time.monotonic()
+            cached = self._redis_memory
+            if cached is not None and now - cached[2] < REDIS_MEMORY_EVERY_S:
+                return cached[0], cached[1]
+            used, limit = (cached[0], cached[1]) if cached else (math.nan, math.nan)
+            if self.redis is not None and self.bridge.running:
+                future = self.bridge.submit(self.redis.memory())
+                try:
+                    got = future.result(1.0)
+                    used, limit = float(got[0]), float(got[1])
+                except Exception:  # Redis down: the breaker and its alert say so
+                    future.cancel()
+            self._redis_memory = (used, limit, now)
+            return used, limit
 
     def dlq(self, action: str, **options: Any) -> Any:
         """Operate the dead-letter queue (blocking: call off the feed loop)."""

@@ -1,4 +1,4 @@
-"""Command line: `aisfusion run | demo | replay | simulate`."""
+"""Command line: `aisfusion run | demo | replay | simulate | shell`."""
 
 from __future__ import annotations
 
@@ -93,6 +93,24 @@ async def _run(config: Config) -> int:
     return 0
 
 
+def _receivers(args: argparse.Namespace) -> list[Any] | None:
+    """`simulate`'s receiver flags as simulated receivers (None: one plain station)."""
+    if not args.receivers and not args.fault:
+        return None
+    from aisfusion.receivers import receivers
+
+    return receivers(
+        args.receivers,
+        fault=args.fault,
+        loss=args.loss,
+        noise_m=args.noise,
+        delay_s=args.delay,
+        duplicates=args.duplicates,
+        skew_s=args.skew,
+        prefix=args.station,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aisfusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,9 +146,50 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--rate", type=float, default=None, help="cap on lines/s")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--station", default="sim-rx", help="tag-block s: of the receiver")
+    sim.add_argument(
+        "--receivers", type=int, default=0, help="simulated receivers (0: one plain station)"
+    )
+    sim.add_argument(
+        "--fault", choices=("offset", "clock", "jumps"), help="add one misbehaving receiver"
+    )
+    sim.add_argument("--loss", type=float, default=0.2, help="share of transmissions missed")
+    sim.add_argument("--noise", type=float, default=0.0, help="position noise, metres")
+    sim.add_argument("--delay", type=float, default=0.5, help="mean delivery delay, seconds")
+    sim.add_argument("--duplicates", type=float, default=0.02, help="share delivered twice")
+    sim.add_argument("--skew", type=float, default=0.0, help="receiver clock skew, seconds")
+    sim.add_argument("--truth", type=Path, help="write the true positions to this CSV file")
+
+    shell = sub.add_parser(
+        "shell", help="introspection shell on a running service (over its control socket)"
+    )
+    with_config(shell)
+    shell.add_argument(
+        "-c", dest="one_command", metavar="COMMAND", help='run one command and exit, e.g. "status"'
+    )
+    shell.add_argument(
+        "--socket", type=Path, help="control socket (default: control.socket of the settings)"
+    )
+    shell.add_argument("--json", action="store_true", help="with -c: print the reply as JSON")
+    shell.add_argument("--history", type=Path, help="history file (default: ~/.aisfusion_history)")
 
     args = parser.parse_args(argv)
     try:
+        if args.command == "shell":
+            from aisfusion.shell import run_shell
+
+            socket_path = args.socket
+            if socket_path is None:
+                configured = _load(args).control.socket
+                if not configured:
+                    print(
+                        "aisfusion shell: control.socket is disabled; pass --socket",
+                        file=sys.stderr,
+                    )
+                    return 2
+                socket_path = Path(configured)
+            return run_shell(
+                socket_path, command=args.one_command, as_json=args.json, history=args.history
+            )
         if args.command == "run":
             config = _load(args)
             logs.configure(config.log.level)
@@ -175,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed,
                     station=args.station,
                     progress=progress,
+                    receivers=_receivers(args),
+                    truth=args.truth,
                 )
             )
         print(f"sent {sent} lines", flush=True)

@@ -108,7 +108,7 @@ class FusionConfig(_Section, frozen=True):
     jump_allowance_m: Annotated[float, msgspec.Meta(ge=0.0)] = 250.0
     track_timeout_s: PositiveFloat = 60.0
     freshness_s: PositiveFloat = 30.0
-    corroboration_bonus: Annotated[float, msgspec.Meta(ge=0.0, le=10.0)] = 0.25
+    corroboration_bonus: Annotated[float, msgspec.Meta(ge=0.0, le=10.0)] = 0.05
     agree_m: PositiveFloat = 100.0
     agree_horizon_s: PositiveFloat = 120.0
     clock_tolerance_s: Annotated[float, msgspec.Meta(ge=0.0, le=30.0)] = 2.0
@@ -166,6 +166,12 @@ class MetricsConfig(_Section, frozen=True):
     admin_token: str = ""
 
 
+class ControlConfig(_Section, frozen=True):
+    """The local control socket the `aisfusion shell` talks to (owner-only permissions)."""
+
+    socket: str = ".aisfusion/control.sock"
+
+
 class LogConfig(_Section, frozen=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -208,6 +214,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    control: ControlConfig = msgspec.field(default_factory=ControlConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     supervision: SupervisionConfig = msgspec.field(default_factory=SupervisionConfig)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)

@@ -7,9 +7,91 @@ to these once per chunk or batch.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import bisect
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
+from prometheus_client.core import HistogramMetricFamily
+
+from aisfusion import __version__
 
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Socket read -> stored: milliseconds when healthy, minutes to hours when replayed from the DLQ.
+_LATENCY_BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0
+)  # fmt: skip
+
+
+class _Arrived(Protocol):
+    @property
+    def arrival(self) -> float: ...
+
+
+class BulkHistogram:
+    """A histogram with one label that takes a whole batch of observations at once.
+
+    `prometheus_client.Histogram.observe` costs a lock and a bucket scan per value; the
+    writers see thousands of positions per batch, so they count into local buckets and merge
+    once (`observe_many`). Exposed as an ordinary Prometheus histogram.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelname: str,
+        buckets: Sequence[float],
+        labels: Iterable[str],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._doc = documentation
+        self._labelname = labelname
+        self._bounds = sorted(buckets)
+        self._lock = threading.Lock()
+        self._series: dict[str, tuple[list[int], float]] = {}
+        for label in labels:  # series exist (at zero) before the first observation
+            self._series[label] = ([0] * (len(self._bounds) + 1), 0.0)
+        registry.register(self)
+
+    def observe_many(self, label: str, values: Iterable[float]) -> None:
+        bounds = self._bounds
+        counts = [0] * (len(bounds) + 1)
+        total = 0.0
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1
+            total += value
+        with self._lock:
+            old, old_total = self._series.get(label, ([0] * len(counts), 0.0))
+            self._series[label] = (
+                [a + b for a, b in zip(old, counts, strict=True)],
+                old_total + total,
+            )
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._doc, labels=[self._labelname])
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=[self._labelname])
+        with self._lock:
+            series = dict(self._series)
+        for label, (counts, total) in sorted(series.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip([*self._bounds, float("inf")], counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            family.add_metric([label], buckets, total)
+        yield family
 
 
 class Metrics:
@@ -189,7 +271,10 @@ class Metrics:
             registry=r,
         )
         self.source_demoted = Gauge(
-            "aisfusion_source_demoted", "1 while a source is demoted, else 0", ["source"], registry=r
+            "aisfusion_source_demoted",
+            "1 while a source is demoted, else 0",
+            ["source"],
+            registry=r,
         )
         self.source_demotions = Counter(
             "aisfusion_source_demotions_total", "Demotions of a source", ["source"], registry=r
@@ -212,3 +297,72 @@ class Metrics:
             ["source", "outcome"],
             registry=r,
         )
+        # operations
+        self.end_to_end_latency = BulkHistogram(
+            "aisfusion_end_to_end_latency_seconds",
+            "Time from reading a position's line off the socket until it was stored: "
+            "store=redis the live record written, store=postgres the history row committed",
+            "store",
+            _LATENCY_BUCKETS,
+            ("redis", "postgres"),
+            r,
+        )
+        self.newest_stored_arrival = Gauge(
+            "aisfusion_stored_arrival_timestamp_seconds",
+            "Socket-read time (UNIX seconds) of the newest position stored in each store",
+            ["store"],
+            registry=r,
+        )
+        self.mailbox_messages = Gauge(
+            "aisfusion_actor_mailbox_messages",
+            "Messages waiting in the mailboxes of each kind of actor (summed over shards)",
+            ["actor"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "aisfusion_ready", "1 while the service is ready (as /readyz), else 0", registry=r
+        )
+        self.dead_letter_rows = Gauge(
+            "aisfusion_dead_letter_rows", "Positions held in the dead-letter queue", registry=r
+        )
+        self.dead_letter_oldest_age = Gauge(
+            "aisfusion_dead_letter_oldest_age_seconds",
+            "Age of the oldest dead-letter queue entry (0 when empty)",
+            registry=r,
+        )
+        self.redis_memory_used = Gauge(
+            "aisfusion_redis_memory_used_bytes",
+            "Memory used by the Redis server (INFO used_memory), read at most every few seconds",
+            registry=r,
+        )
+        self.redis_memory_max = Gauge(
+            "aisfusion_redis_memory_max_bytes",
+            "The Redis server's maxmemory (0: no limit configured)",
+            registry=r,
+        )
+        self.control_commands = Counter(
+            "aisfusion_control_commands_total",
+            "Commands served on the control socket (aisfusion shell), by command and outcome",
+            ["command", "outcome"],
+            registry=r,
+        )
+        Info("aisfusion_build", "Version of the running aisfusion", registry=r).info(
+            {"version": __version__}
+        )
+        ProcessCollector(namespace="aisfusion", registry=r)  # CPU, memory, open fds
+        # Until the first write, "newest stored" is the start: lag counts from there.
+        started = time.time()
+        self._newest_stored = {"redis": started, "postgres": started}
+        for store in self._newest_stored:
+            self.newest_stored_arrival.labels(store).set(started)
+
+    def stored(self, store: str, positions: Sequence[_Arrived]) -> None:
+        """Positions are in `store` now: observe their end-to-end latency (call per batch)."""
+        if not positions:
+            return
+        now = time.time()
+        self.end_to_end_latency.observe_many(store, [now - p.arrival for p in positions])
+        # A batch replayed from the dead-letter queue is older: the gauge never goes back.
+        newest = max(self._newest_stored.get(store, 0.0), *(p.arrival for p in positions))
+        self._newest_stored[store] = newest
+        self.newest_stored_arrival.labels(store).set(newest)

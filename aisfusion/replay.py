@@ -13,11 +13,12 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from os import PathLike
-from typing import Final, Protocol
+from typing import IO, Final, Protocol
 
+from aisfusion.receivers import Network, Receiver
 from aisfusion.simulator import Fleet, tag_block
 
 logger = logging.getLogger(__name__)
@@ -205,17 +206,24 @@ def read_file_lines(path: str | PathLike[str]) -> Iterator[str]:
 
 
 class _FleetSource:
-    """A fleet advancing with the wall clock; lines tag-blocked with the time they are taken.
+    """A fleet advancing with the wall clock; lines tag-blocked with the time they are taken,
+    or, with a `network`, as each simulated receiver stamped them (its clock, its delay).
 
     If the consumer (a rate cap, or a slow peer) falls behind, the oldest reports beyond
     ``max_backlog`` lines are dropped whole, so positions stay current and a multi-fragment
-    message is never split.
+    message is never split. Deliveries still in flight at the end are not sent.
     """
 
     def __init__(
-        self, fleet: Fleet, duration_s: float, station: str | None, max_backlog: int
+        self,
+        fleet: Fleet,
+        duration_s: float,
+        station: str | None,
+        max_backlog: int,
+        network: Network | None = None,
     ) -> None:
         self._fleet = fleet
+        self._network = network
         self._duration = duration_s
         self._station = station
         self._max_backlog = max_backlog
@@ -230,9 +238,14 @@ class _FleetSource:
         loop = asyncio.get_running_loop()
         target = min(loop.time() - self._start, self._duration)
         if target > self._elapsed:
-            for report in self._fleet.step(target - self._elapsed):
-                self._backlog.append(report.sentences)
-                self._queued += len(report.sentences)
+            if self._network is not None:
+                for delivery in self._network.step(target - self._elapsed):
+                    self._backlog.append(delivery.lines)
+                    self._queued += len(delivery.lines)
+            else:
+                for report in self._fleet.step(target - self._elapsed):
+                    self._backlog.append(report.sentences)
+                    self._queued += len(report.sentences)
             self._elapsed = target
         while self._queued > self._max_backlog:
             self._queued -= len(self._backlog.popleft())
@@ -246,7 +259,8 @@ class _FleetSource:
         while not self._backlog:
             if self._elapsed >= self._duration:
                 return []
-            wait = min(self._fleet.next_due - self._fleet.now, self._duration - self._elapsed)
+            source = self._network if self._network is not None else self._fleet
+            wait = min(source.next_due - self._fleet.now, self._duration - self._elapsed)
             await asyncio.sleep(min(max(wait, TICK_S), 0.5))
             self._advance()
         out: list[str] = []
@@ -254,7 +268,10 @@ class _FleetSource:
         while self._backlog and len(out) < n:
             sentences = self._backlog.popleft()
             self._queued -= len(sentences)
-            out.extend(tag_block(s, station=self._station, t=stamp) for s in sentences)
+            if self._network is not None:
+                out.extend(sentences)  # tag-blocked by their receivers
+            else:
+                out.extend(tag_block(s, station=self._station, t=stamp) for s in sentences)
         return out
 
     async def aclose(self) -> None:
@@ -272,16 +289,32 @@ async def simulate(
     seed: int,
     station: str | None,
     progress: Callable[[int], None] | None = None,
+    receivers: Sequence[Receiver] | None = None,
+    truth: str | PathLike[str] | IO[str] | None = None,
 ) -> int:
     """Stream a simulated fleet live for ``duration_s`` of wall time; return lines sent.
 
     The fleet's clock starts at the current UNIX time and advances with the wall clock;
     ``rate`` caps lines per second: reports beyond about a second's backlog are dropped (and
     logged), and the stream may run up to that second past ``duration_s`` to send the rest.
+
+    With `receivers`, every transmission is heard by each simulated receiver (loss, noise,
+    delay, duplicates, clock skew, faults: `aisfusion.receivers`); with `truth` (a path or an
+    open text file), the true position of every transmitted position report is written there
+    as CSV (t, mmsi, lat, lon, sog, cog).
     """
     _check_rate(rate)
-    fleet = Fleet(vessels, seed=seed, start_time=time.time())
-    # About a second of output: a capped stream stays current and ends close to duration_s.
-    max_backlog = max(10, math.ceil(rate)) if rate is not None else 100_000
-    source = _FleetSource(fleet, duration_s, station, max_backlog)
-    return await _send(source, host, port, rate, progress)
+    with contextlib.ExitStack() as stack:
+        if isinstance(truth, str | PathLike):
+            # A local file, opened once; its rows are small writes as the fleet advances.
+            truth = stack.enter_context(open(truth, "w", newline="", encoding="utf-8"))  # noqa: ASYNC230
+        fleet = Fleet(vessels, seed=seed, start_time=time.time())
+        network = None
+        if receivers is not None or truth is not None:
+            if receivers is None:
+                receivers = [Receiver(station or "sim-rx")]
+            network = Network(fleet, receivers, seed=seed, truth=truth)
+        # About a second of output: a capped stream stays current and ends close to duration_s.
+        max_backlog = max(10, math.ceil(rate)) if rate is not None else 100_000
+        source = _FleetSource(fleet, duration_s, station, max_backlog, network)
+        return await _send(source, host, port, rate, progress)

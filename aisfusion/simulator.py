@@ -10,9 +10,10 @@ a random waypoint inside the bounding box; control is updated on a fixed grid of
 and the track between grid points is a closed-form arc. The truth therefore depends only on the
 seed, never on how callers slice time into steps.
 
-Each :class:`SimReport` keeps the field dictionary it was encoded from, so later stages (several
-receivers with noise, delays, duplicates or skew) can perturb fields and re-encode with
-:func:`encode`.
+Each :class:`SimReport` keeps the field dictionary it was encoded from, so later stages can
+perturb fields and re-encode with :func:`encode`: :mod:`aisfusion.receivers` has several
+receivers hear the fleet, each with its own loss, noise, delay, duplicates, clock skew, and
+one misbehaving on purpose, with the truth kept beside every delivery.
 """
 
 from __future__ import annotations

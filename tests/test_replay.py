@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -11,6 +13,8 @@ from pathlib import Path
 import pyais
 import pytest
 
+from aisfusion import cli
+from aisfusion.receivers import receivers
 from aisfusion.replay import read_file_lines, send_lines, simulate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ais"
@@ -171,3 +175,52 @@ async def test_simulate_caps_the_rate(sink: Sink) -> None:
     await asyncio.wait_for(sink.closed.wait(), 10)
     assert sent == len(sink.lines) > 0
     assert sent <= 100 * elapsed + 2
+
+
+async def test_simulate_with_receivers_writes_the_truth(sink: Sink, tmp_path: Path) -> None:
+    truth = tmp_path / "truth.csv"
+    rx = receivers(2, fault="offset", delay_s=0.0, duplicates=0.0, prefix="rx")
+    sent = await simulate(
+        "127.0.0.1",
+        sink.port,
+        vessels=200,
+        rate=None,
+        duration_s=1.5,
+        seed=3,
+        station="ignored",
+        receivers=rx,
+        truth=truth,
+    )
+    await asyncio.wait_for(sink.closed.wait(), 10)
+    assert sent == len(sink.lines) > 0
+    stations = {line[1:].partition("\\")[0].split(",")[0] for line in sink.lines}
+    assert stations == {"s:rx-1", "s:rx-2", "s:rx-bad"}
+    rows = truth.read_text().splitlines()
+    assert rows[0] == "t,mmsi,lat,lon,sog,cog"
+    assert len(rows) > 1
+
+
+def test_cli_simulate_passes_the_receiver_flags(tmp_path: Path) -> None:
+    lines: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rb") as f:
+            lines.extend(f)
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    truth = tmp_path / "t.csv"
+    port = server.getsockname()[1]
+    argv = ["simulate", "--to", f"127.0.0.1:{port}", "--vessels", "100", "--duration", "1"]
+    argv += ["--receivers", "3", "--fault", "clock", "--loss", "0", "--delay", "0"]
+    argv += ["--station", "cli", "--truth", str(truth)]
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        thread.join(10)
+        server.close()
+    stations = {line[1:].partition(b"\\")[0].split(b",")[0] for line in lines}
+    assert stations == {b"s:cli-1", b"s:cli-2", b"s:cli-3", b"s:cli-bad"}
+    assert truth.read_text().startswith("t,mmsi,lat,lon")

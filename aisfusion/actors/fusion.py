@@ -117,15 +117,11 @@ def corroboration(witnesses: int, bonus: float) -> float:
     return 1.0 + bonus * max(0, witnesses - 1)
 
 
-def score(
-    weight: float, witnesses: int, age_s: float, cfg: FusionConfig
-) -> float:
-    """Source weight (base weight x current quality) x freshness x corroboration."""
-    return (
-        weight
-        * freshness(age_s, cfg.freshness_s)
-        * corroboration(witnesses, cfg.corroboration_bonus)
-    )
+def score(weight: float, witnesses: int, age_s: float, cfg: FusionConfig) -> float:
+    """Source weight (base weight x current quality) x freshness x corroboration (the two
+    functions above, inlined: this runs for every candidate of every decision)."""
+    fresh = math.exp(-age_s / cfg.freshness_s) if age_s > 0.0 else 1.0
+    return weight * fresh * (1.0 + cfg.corroboration_bonus * max(0, witnesses - 1))
 
 
 def agreement(residual_m: float, dt_s: float, cfg: FusionConfig) -> float:

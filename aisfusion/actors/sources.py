@@ -8,9 +8,12 @@ book keeps, per source, an exponentially weighted quality in [0, 1] from the gra
 falls below `demote_below` (after `min_outcomes`) is demoted: its weight is multiplied by
 `demoted_factor` until its quality recovers above `promote_above`.
 
-Weights go back to the shards as `SourceWeights`: a new immutable snapshot each time, which a
-shard swaps in by reference; nothing is shared or locked. Snapshots are published at most every
-`publish_interval_s`, and at once when a source is demoted or promoted.
+Weights go back to the shards as `SourceWeights`: a new immutable snapshot each time, never
+mutated after. In one process it is published on a `WeightBoard`, a reference the actor swaps
+and every shard reads at the start of each batch (one attribute read: no lock, and no waiting
+behind a deep mailbox when the feed is busy, which is when a bad source does the most harm);
+subscribers (`Subscribe`) are told each snapshot too, for shards elsewhere. Snapshots are
+published at most every `publish_interval_s`, and at once when a source is demoted or promoted.
 """
 
 from __future__ import annotations
@@ -41,6 +44,16 @@ class Subscribe(msgspec.Struct, frozen=True):
 
 class SourceTable(msgspec.Struct, frozen=True):
     """Control (ask): the quality table, one dict per source."""
+
+
+class WeightBoard:
+    """The latest published `SourceWeights`. Only the source-quality actor assigns it; a
+    reader gets one whole snapshot or the next, never a mix (a reference is swapped)."""
+
+    __slots__ = ("snapshot",)
+
+    def __init__(self) -> None:
+        self.snapshot = SourceWeights(0, {})
 
 
 def source_key(feed: str, station: str | None) -> str:
@@ -170,9 +183,11 @@ class SourcesActor(pykka.ThreadingActor):
         config: SourcesConfig,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        board: WeightBoard | None = None,
     ) -> None:
         super().__init__()
         self.book = SourceBook(config)
+        self._board = board
         self._metrics = metrics
         self._clock = clock
         self._subscribers: list[pykka.ActorRef[Any]] = []
@@ -226,12 +241,15 @@ class SourcesActor(pykka.ThreadingActor):
                 m.source_clock_skew.labels(key).set(state.skew_s)
         self._dirty = self._dirty or bool(touched)
         now = self._clock()
-        if changed or (self._dirty and now - self._published >= self.book.config.publish_interval_s):
+        due = now - self._published >= self.book.config.publish_interval_s
+        if changed or (self._dirty and due):
             self._publish(now)
 
     def _publish(self, now: float) -> None:
         self._version += 1
         snapshot = self.book.snapshot(self._version)
+        if self._board is not None:
+            self._board.snapshot = snapshot
         for ref in self._subscribers:
             ref.tell(snapshot)
         self._published = now

@@ -14,7 +14,8 @@ about it is atomic without locks. For each raw message of its MMSI, in order (DE
 6. gate: a position implying an impossible speed from the live position (by class) is a jump
    and waits in quarantine until another source corroborates it;
 7. accept: every accepted observation goes to history; among the observations newer than the
-   live position, the best score (source weight x freshness x corroboration) becomes live.
+   live position, the best score (source weight x quality x freshness x corroboration)
+   becomes live.
    A decision is emitted only when it changes and never moves back in time.
 
 Every message also leaves an outcome for its source (agreed, jump, clock, witness, ...), which
@@ -24,19 +25,20 @@ the shard tallies for the source-quality actor.
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
-from collections.abc import Callable, Mapping
-from enum import IntEnum
+from collections import deque
 from time import perf_counter
 from typing import Any
 
+import msgspec
 from pyais.bit_vector import bit_vector
 from pyais.messages import MSG_CLASS
 
 from aisfusion.actors import fusion
+from aisfusion.actors.batch import Batch, Tally
 from aisfusion.actors.sources import source_key
-from aisfusion.config import ActorsConfig, FusionConfig
-from aisfusion.messages import Position, RawMessage, SourceTally, StaticReport
+from aisfusion.actors.static import fuse_static, plain
+from aisfusion.config import FusionConfig
+from aisfusion.messages import Position, RawMessage, StaticReport
 
 POSITION_TYPES = frozenset({1, 2, 3, 9, 18, 19, 27})
 STATIC_TYPES = frozenset({5, 19, 24})
@@ -50,137 +52,39 @@ _COG_NA = {27: 511.0}
 _SOG_NA_DEFAULT = 102.3
 _COG_NA_DEFAULT = 360.0
 _HEADING_NA = 511
-# Identity fields change only when two consecutive reports agree on the new value.
-_IDENTITY = ("name", "callsign", "imo", "ship_type")
+_MINUTE = 60.0
 _PENDING_MAX = 8  # accepted observations newer than the live one that lost on score
 _EMITTED_MAX = 32  # recent history times, to keep (mmsi, ts) unique
 
 
-def _plain(value: Any) -> Any:
-    """pyais enums to plain ints, bytes-free strings."""
-    if isinstance(value, IntEnum):
-        return int(value)
-    if isinstance(value, str):
-        return value.strip("@ ").strip() or None
-    return value
+class Observation(msgspec.Struct, gc=False, eq=False):
+    """One accepted (or quarantined) position and the sources that vouch for it.
+
+    Plain data out of the garbage collector's sight (`gc=False`: it never references back to
+    anything that references it), as is `_Seen`: one of each is made per message, and tracked
+    objects would make every collection walk the whole fleet's windows.
+    """
+
+    position: Position
+    ts: float
+    support: tuple[str, ...]  # distinct sources; the first is the one it came from
+    second: int  # its UTC second field (60: not available)
+    msg_type: int
 
 
-class Tally:
-    """One source's outcomes within one batch (see `messages.SourceTally`)."""
-
-    __slots__ = ("last_ts", "outcomes", "score_sum", "scored", "skew_n", "skew_sum")
-
-    def __init__(self) -> None:
-        self.scored = 0
-        self.score_sum = 0.0
-        self.outcomes: Counter[str] = Counter()
-        self.skew_n = 0
-        self.skew_sum = 0.0
-        self.last_ts = 0.0
-
-    def grade(self, outcome: str, value: float) -> None:
-        self.scored += 1
-        self.score_sum += value
-        self.outcomes[outcome] += 1
-
-    def freeze(self, source: str) -> SourceTally:
-        return SourceTally(
-            source,
-            self.scored,
-            self.score_sum,
-            dict(self.outcomes),
-            self.skew_n,
-            self.skew_sum,
-            self.last_ts,
-        )
+def _observation(position: Position, key: str, second: int, msg_type: int) -> Observation:
+    return Observation(position, position.ts, (key,), second, msg_type)
 
 
-class Batch:
-    """What a shard hands its vessels for one batch of messages, and what they hand back."""
-
-    __slots__ = (
-        "actors",
-        "corroborated",
-        "demoted",
-        "fallback_weight",
-        "fusion",
-        "history",
-        "live",
-        "now",
-        "overlap",
-        "rejects",
-        "stages",
-        "statics",
-        "tallies",
-        "weights",
-    )
-
-    def __init__(
-        self,
-        now: float,
-        actors: ActorsConfig,
-        fusion_config: FusionConfig,
-        weights: Mapping[str, float] | None = None,
-        demoted: frozenset[str] = frozenset(),
-        fallback_weight: Callable[[str], float] | None = None,
-        stages: list[float] | None = None,
-    ) -> None:
-        self.now = now
-        self.actors = actors
-        self.fusion = fusion_config
-        self.weights: Mapping[str, float] = weights if weights is not None else {}
-        self.demoted = demoted
-        self.fallback_weight = fallback_weight
-        self.stages = stages
-        self.history: list[Position] = []
-        self.live: list[Position] = []
-        self.statics = 0
-        self.corroborated = 0
-        self.rejects: Counter[str] = Counter()
-        self.tallies: dict[str, Tally] = {}
-        self.overlap: Counter[tuple[str, str]] = Counter()
-
-    def tally(self, key: str) -> Tally:
-        t = self.tallies.get(key)
-        if t is None:
-            t = self.tallies[key] = Tally()
-        return t
-
-    def weight(self, key: str) -> float:
-        w = self.weights.get(key)
-        if w is None:
-            w = self.fallback_weight(key) if self.fallback_weight is not None else 1.0
-        return w
-
-
-class Observation:
-    """One accepted (or quarantined) position and the sources that vouch for it."""
-
-    __slots__ = ("msg_type", "position", "second", "support")
-
-    def __init__(self, position: Position, key: str, second: int, msg_type: int) -> None:
-        self.position = position
-        self.support = [key]
-        self.second = second
-        self.msg_type = msg_type
-
-    @property
-    def ts(self) -> float:
-        return self.position.ts
-
-
-class _Seen:
+class _Seen(msgspec.Struct, gc=False, eq=False):
     """One entry of the dedup window: a payload, when it came, who first, what it became."""
 
-    __slots__ = ("arrival", "feed", "key", "obs", "payload", "ts")
-
-    def __init__(self, payload: bytes, ts: float, arrival: float, key: str, feed: str) -> None:
-        self.payload = payload
-        self.ts = ts
-        self.arrival = arrival
-        self.key = key
-        self.feed = feed
-        self.obs: Observation | None = None
+    payload: bytes
+    ts: float
+    arrival: float
+    key: str
+    feed: str
+    obs: Observation | None = None
 
 
 class Vessel:
@@ -189,7 +93,7 @@ class Vessel:
     __slots__ = (
         "emitted",
         "first_seen",
-        "idle_s",
+        "interval_s",
         "last",
         "last_seen",
         "live",
@@ -217,15 +121,19 @@ class Vessel:
         self.first_seen = math.inf
         self.last_seen = -math.inf
         self.touched = 0.0  # shard clock of the last message (passivation)
-        self.idle_s = 0.0  # idle time after which the shard may passivate it
+        # Nominal reporting interval from the live decision: how long idle is "gone".
+        self.interval_s = 180.0
 
     # -- restore ---------------------------------------------------------------------------
 
     def restore(self, position: Position) -> None:
         """Take a saved decision as the live one (rehydration): it gates and is never undone."""
         key = source_key(position.source, position.station)
-        self.live = Observation(position, key, fusion.SECOND_NA, position.msg_type)
+        self.live = _observation(position, key, fusion.SECOND_NA, position.msg_type)
         self.last = position
+        self.interval_s = fusion.report_interval_s(
+            position.msg_type, position.sog, position.nav_status
+        )
         self.newest_ts = max(self.newest_ts, position.ts)
         self.first_seen = min(self.first_seen, position.ts)
         self.last_seen = max(self.last_seen, position.ts)
@@ -251,10 +159,18 @@ class Vessel:
             b.tally(key).outcomes["too_late"] += 1
             return
         window = cfg.dedup_window_s
+        # By arrival too, for receivers whose clocks are off; but the same payload is sent
+        # again by a vessel that does not move, a whole minute later (its UTC second field
+        # cycles every minute): times that far apart are two transmissions.
+        arrival_window = window if window < _MINUTE - window else 0.0
         payload = msg.payload
         for seen in self.recent:
             if seen.payload == payload and (
-                abs(ts - seen.ts) <= window or abs(msg.arrival - seen.arrival) <= window
+                abs(ts - seen.ts) <= window
+                or (
+                    abs(msg.arrival - seen.arrival) <= arrival_window
+                    and abs(ts - seen.ts) < _MINUTE - window
+                )
             ):
                 b.rejects["duplicate"] += 1
                 self._witness(seen, msg, key, ts, b)
@@ -302,11 +218,12 @@ class Vessel:
         """A duplicate: the same transmission heard again. From the same source it is no new
         evidence; from another source it vouches for the observation (once per source)."""
         tally = b.tally(key)
-        if key == seen.key:
+        obs = seen.obs
+        if key != seen.key:
+            b.overlap[(msg.source, seen.feed)] += 1
+        if key == seen.key or (obs is not None and key in obs.support):
             tally.outcomes["repeat"] += 1
             return
-        b.overlap[(msg.source, seen.feed)] += 1
-        obs = seen.obs
         if obs is None:  # not a position, or one that was rejected
             tally.outcomes["witness"] += 1
             return
@@ -318,9 +235,7 @@ class Vessel:
             tally.grade("clock", 0.0)
         else:
             tally.grade("witness", 1.0)
-        if key in obs.support:
-            return
-        obs.support.append(key)
+        obs.support = (*obs.support, key)
         if obs in self.quarantine:
             self._release(obs, b)
         elif obs is not self.live and obs in self.pending:
@@ -368,13 +283,13 @@ class Vessel:
             sog=None if sog is None or sog >= _SOG_NA.get(kind, _SOG_NA_DEFAULT) else float(sog),
             cog=None if cog is None or cog >= _COG_NA.get(kind, _COG_NA_DEFAULT) else float(cog),
             heading=None if heading is None or heading == _HEADING_NA else int(heading),
-            nav_status=_plain(f["status"]) if "status" in f else None,
+            nav_status=plain(f["status"]) if "status" in f else None,
             msg_type=kind,
             source=msg.source,
             station=msg.station,
             arrival=msg.arrival,
         )
-        obs = Observation(position, key, second, kind)
+        obs = _observation(position, key, second, kind)
         seen.obs = obs
         live = self.live
         if live is not None and self._is_jump(live, obs, b):
@@ -382,13 +297,19 @@ class Vessel:
             if partner is None:
                 self.quarantine.append(obs)
                 b.rejects["jump"] += 1
-                if not graded:
+                # Only another source can contradict a source: a jump from the source's own
+                # last position may as well be the vessel's (bad GPS, a shared MMSI).
+                if key in live.support:
+                    tally.outcomes["jump"] += 1
+                elif not graded:
                     tally.grade("jump", 0.0)
                 return
-            obs.support.append(partner.support[0])
+            # Each vouches for the other; a quarantined partner is accepted too.
+            obs.support = (*obs.support, partner.support[0])
+            if key not in partner.support:
+                partner.support = (*partner.support, key)
             if partner in self.quarantine:
-                self._release(partner, b)
-            b.corroborated += 1
+                self._release(partner, b, decide=False)  # decided below, with `obs`
             if not graded:
                 tally.grade("corroborated", 1.0)
                 graded = True
@@ -413,8 +334,7 @@ class Vessel:
     def _is_jump(self, live: Observation, obs: Observation, b: Batch) -> bool:
         ref, p = live.position, obs.position
         dt = p.ts - ref.ts
-        interval = fusion.report_interval_s(ref.msg_type, ref.sog, ref.nav_status)
-        if abs(dt) > fusion.track_timeout_s(interval, b.fusion) or not self._gates(live, b):
+        if abs(dt) > fusion.track_timeout_s(self.interval_s, b.fusion) or not self._gates(live, b):
             return False
         return self._implausible(ref, p, obs.msg_type, b.fusion)
 
@@ -425,25 +345,32 @@ class Vessel:
         return fusion.implied_speed_kn(dist, p.ts - a.ts, cfg.jump_allowance_m) > limit
 
     def _corroborating(self, obs: Observation, b: Batch) -> Observation | None:
-        """Another source's quarantined or pending observation consistent with `obs`."""
+        """Another source's quarantined or pending observation that puts the vessel where
+        `obs` does: within the agreement tolerance once dead-reckoned to its time, and no
+        further away in time than the gate looks back."""
         cfg = b.fusion
         own = obs.support[0]
+        p = obs.position
         for other in (*self.quarantine, *self.pending):
             if own in other.support:
                 continue
-            interval = fusion.report_interval_s(other.msg_type, other.position.sog, None)
-            if abs(obs.ts - other.ts) > fusion.track_timeout_s(interval, cfg):
+            q = other.position
+            dt = p.ts - q.ts
+            interval = fusion.report_interval_s(other.msg_type, q.sog, q.nav_status)
+            if abs(dt) > fusion.track_timeout_s(interval, cfg):
                 continue
-            if not self._implausible(other.position, obs.position, obs.msg_type, cfg):
+            lat, lon = fusion.dead_reckon(q.lat, q.lon, q.sog, q.cog, dt)
+            residual = fusion.distance_m(lat, lon, p.lat, p.lon)
+            if fusion.agreement(residual, dt, cfg) >= 1.0:
                 return other
         return None
 
-    def _release(self, obs: Observation, b: Batch) -> None:
+    def _release(self, obs: Observation, b: Batch, *, decide: bool = True) -> None:
         """A quarantined jump was corroborated: accept it after all."""
         self.quarantine.remove(obs)
         b.corroborated += 1
         b.tally(obs.support[0]).grade("corroborated", 1.0)
-        self._accept(obs, b)
+        self._accept(obs, b, decide=decide)
 
     def _grade(
         self, live: Observation | None, obs: Observation, tally: Tally, cfg: FusionConfig
@@ -461,7 +388,7 @@ class Vessel:
         value = fusion.agreement(fusion.distance_m(lat, lon, p.lat, p.lon), dt, cfg)
         tally.grade("agreed" if value >= 0.5 else "disagreed", value)
 
-    def _accept(self, obs: Observation, b: Batch) -> None:
+    def _accept(self, obs: Observation, b: Batch, *, decide: bool = True) -> None:
         p = obs.position
         b.history.append(p)
         self.emitted.append(p.ts)
@@ -474,80 +401,56 @@ class Vessel:
         if len(self.pending) > _PENDING_MAX:
             self.pending.sort(key=lambda o: o.ts)
             del self.pending[0]
-        self._decide(b)
+        if decide:
+            self._decide(b)
 
     def _score(self, obs: Observation, t_ref: float, b: Batch) -> float:
-        weight = max(b.weight(k) for k in obs.support)
-        return fusion.score(weight, len(obs.support), t_ref - obs.ts, b.fusion)
+        support = obs.support
+        weight = b.weight(support[0]) if len(support) == 1 else max(map(b.weight, support))
+        return fusion.score(weight, len(support), t_ref - obs.ts, b.fusion)
 
     def _decide(self, b: Batch) -> None:
         """Make the best-scoring observation newer than the live one live (if any is)."""
-        live = self.live
-        if not self.pending:
+        live, pending = self.live, self.pending
+        if not pending:
             return
-        t_ref = max(o.ts for o in self.pending)
-        best, best_score = live, -1.0
-        if live is not None:
-            best_score = self._score(live, t_ref, b)
-        for obs in self.pending:
-            s = self._score(obs, t_ref, b)
-            if s > best_score or (s == best_score and best is not None and obs.ts > best.ts):
-                best, best_score = obs, s
+        if len(pending) == 1 and (
+            live is None
+            or (
+                # Newer, at least as trusted and as corroborated: no need to score.
+                len(pending[0].support) >= len(live.support)
+                and b.weight(pending[0].support[0]) >= max(map(b.weight, live.support))
+            )
+        ):
+            best: Observation | None = pending[0]
+        else:
+            t_ref = pending[0].ts if len(pending) == 1 else max(o.ts for o in pending)
+            best, best_score = live, -1.0
+            if live is not None:
+                best_score = self._score(live, t_ref, b)
+            for obs in pending:
+                s = self._score(obs, t_ref, b)
+                if s > best_score or (s == best_score and best is not None and obs.ts > best.ts):
+                    best, best_score = obs, s
         if best is live or best is None:
             return
         self.live = best
         self.last = best.position
-        self.idle_s = fusion.report_interval_s(
+        self.interval_s = fusion.report_interval_s(
             best.msg_type, best.position.sog, best.position.nav_status
         )
-        self.pending = [o for o in self.pending if o.ts > best.ts]
+        self.pending = [o for o in pending if o.ts > best.ts] if len(pending) > 1 else []
         b.live.append(best.position)
 
     # -- static and voyage data ------------------------------------------------------------
 
     def _static(self, msg_type: int, f: dict[str, Any], ts: float, b: Batch) -> None:
-        update: dict[str, Any] = {}
-        if "shipname" in f:
-            update["name"] = _plain(f["shipname"])
-        if "callsign" in f:
-            update["callsign"] = _plain(f["callsign"])
-        if f.get("imo"):
-            update["imo"] = int(f["imo"])
-        if "ship_type" in f:
-            update["ship_type"] = _plain(f["ship_type"]) or None
-        if msg_type == 5 and "destination" in f:
-            update["destination"] = _plain(f["destination"])
-        for key in ("to_bow", "to_stern", "to_port", "to_starboard"):
-            if f.get(key) is not None:
-                update[key] = int(f[key])
-        update = {k: v for k, v in update.items() if v is not None}
-        if not update:  # a truncated report carried no static field
+        static, self.votes = fuse_static(self.mmsi, self.static, self.votes, msg_type, f, ts)
+        if static is None:  # a truncated report carried no static field
             b.rejects["decode_error"] += 1
             return
         b.statics += 1
-        old = self.static
-        current: dict[str, Any] = (
-            {} if old is None else {k: getattr(old, k) for k in old.__struct_fields__}
-        )
-        votes = self.votes
-        for name in _IDENTITY:
-            value = update.get(name)
-            if value is None or current.get(name) in (None, value):
-                if votes is not None:
-                    votes.pop(name, None)
-                continue
-            # A changed identity: accepted when the next report of it says the same.
-            if votes is not None and votes.get(name) == value:
-                del votes[name]
-                continue
-            if votes is None:
-                votes = self.votes = {}
-            votes[name] = value
-            del update[name]
-        current.update(update)
-        current["mmsi"] = self.mmsi
-        current["ts"] = max(ts, current.get("ts", ts))
-        self.static = StaticReport(**current)
+        self.static = static
 
     # -- queries ---------------------------------------------------------------------------
 

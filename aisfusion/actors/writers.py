@@ -89,10 +89,12 @@ class PostgresWriterActor(SupervisedActor):
                         self._supervisor.tell(BatchFailed(ticket, str(again)))
                         return None
                     elapsed = time.perf_counter() - started
+                    self._metrics.stored("postgres", batch.positions)
                     self._supervisor.tell(BatchWritten(ticket, inserted, elapsed, rejected, error))
                     return None
                 elapsed = time.perf_counter() - started
                 self._metrics.stage_seconds.labels("postgres").inc(elapsed)
+                self._metrics.stored("postgres", batch.positions)
                 self._supervisor.tell(BatchWritten(ticket, inserted, elapsed))
                 return None
             case _:
@@ -168,3 +170,4 @@ class LiveWriterActor(SupervisedActor):
         m.batch_rows.labels("redis").inc(len(batch))
         m.batch_duration.labels("redis").observe(elapsed)
         m.stage_seconds.labels("redis").inc(elapsed)
+        m.stored("redis", batch)

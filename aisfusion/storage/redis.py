@@ -11,7 +11,7 @@ Keys::
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -120,3 +120,64 @@ class RedisStore:
 
     async def geo_count(self) -> int:
         return int(await self.client.zcard(self.key("geo")))
+
+    async def live_records(self, mmsis: list[int]) -> dict[int, dict[str, str]]:
+        """The live records of `mmsis` that exist (rehydration of passivated vessels)."""
+        if not mmsis:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for mmsi in mmsis:
+            pipe.hgetall(self.key("vessel", mmsi))
+        try:
+            replies = await pipe.execute()
+        except RedisError as exc:
+            raise _wrap(exc, f"read {len(mmsis)} live records") from exc
+        return {
+            mmsi: {_text(k): _text(v) for k, v in raw.items()}
+            for mmsi, raw in zip(mmsis, replies, strict=True)
+            if raw
+        }
+
+    async def live_mmsis(self) -> list[int]:
+        """Every vessel in the activity index (the vessels that have a live record)."""
+        try:
+            members = await self.client.zrange(self.key("seen"), 0, -1)
+        except RedisError as exc:
+            raise _wrap(exc, "read the activity index") from exc
+        return [int(m) for m in members if isinstance(m, bytes | str)]
+
+    async def near(
+        self, lat: float, lon: float, km: float, limit: int
+    ) -> list[tuple[int, float, dict[str, str]]]:
+        """Up to `limit` vessels of the geo index within `km` of (lat, lon), nearest first:
+        (mmsi, distance in km, live record). For operators (the shell's `near`)."""
+        try:
+            hits = await self.client.geosearch(
+                self.key("geo"),
+                longitude=lon,
+                latitude=lat,
+                radius=km,
+                unit="km",
+                sort="ASC",
+                count=limit,
+                withdist=True,
+            )
+            found = [(int(_text(member)), float(dist)) for member, dist in cast(Any, hits)]
+            pipe = self.client.pipeline(transaction=False)
+            for mmsi, _ in found:
+                pipe.hgetall(self.key("vessel", mmsi))
+            records = await pipe.execute() if found else []
+        except RedisError as exc:
+            raise _wrap(exc, f"search vessels within {km:g} km") from exc
+        return [
+            (mmsi, dist, {_text(k): _text(v) for k, v in raw.items()})
+            for (mmsi, dist), raw in zip(found, records, strict=True)
+        ]
+
+    async def memory(self) -> tuple[int, int]:
+        """The server's (used_memory, maxmemory) in bytes; maxmemory 0 means no limit."""
+        try:
+            info = await self.client.info("memory")
+        except RedisError as exc:
+            raise _wrap(exc, "read memory info") from exc
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))

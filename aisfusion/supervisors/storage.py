@@ -379,6 +379,8 @@ class StorageSupervisor(Supervisor):
             self._dlq_stats = msgspec.to_builtins(stats)
             for state in ("ready", "scheduled", "leased", "parked"):
                 m.dead_letter_batches.labels(state).set(self._dlq_stats[state])
+            m.dead_letter_rows.set(stats.rows)
+            m.dead_letter_oldest_age.set(stats.oldest_age_s or 0.0)
         m.spool_batches.set(self._spool.pending_batches())
         m.inflight_batches.set(len(self._inflight))
 

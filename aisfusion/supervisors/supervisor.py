@@ -156,6 +156,10 @@ class Supervisor(pykka.ThreadingActor):
                 child = self._children[name]
                 self._stop_child(child)
                 self._start_child(child)
+                if child.slot.ref is not None:
+                    # What the old incarnation had queued is gone with it: resend, as after
+                    # a crash (writes are idempotent, so a batch written twice is harmless).
+                    self.on_child_restarted(name)
                 return True
             case SupervisionTree():
                 return self.tree()

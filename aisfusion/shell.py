@@ -1,0 +1,605 @@
+"""`aisfusion shell`: the operator's introspection shell, a client of the control socket.
+
+::
+
+    aisfusion shell                       interactive: Tab completes, ↑ recalls, `help`, `quit`
+    aisfusion shell -c "dlq peek 5"       one command, then exit (0 ok, 1 error): for scripts
+    aisfusion shell -c status --json      the reply's data as JSON (`status` = GET /status)
+
+The service sends data (`aisfusion.control`); this module turns it into text. History is kept
+in ``~/.aisfusion_history`` (``--history`` or ``$AISFUSION_SHELL_HISTORY`` to change it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shlex
+import socket
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+PROMPT = "aisfusion> "
+TIMEOUT_S = 60.0
+HISTORY_LENGTH = 1000
+LOCAL_COMMANDS = ("quit", "exit")
+
+
+class ShellError(Exception):
+    """The service could not be reached, or it answered with an error."""
+
+
+class ControlClient:
+    """One connection to the control socket; reconnects on the next call after a failure."""
+
+    def __init__(self, path: Path, timeout_s: float = TIMEOUT_S) -> None:
+        self.path = path
+        self._timeout = timeout_s
+        self._sock: socket.socket | None = None
+        self._reader: Any = None
+
+    def connect(self) -> None:
+        if self._sock is not None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._timeout)
+        try:
+            sock.connect(str(self.path))
+        except OSError as exc:
+            sock.close()
+            raise ShellError(
+                f"cannot connect to the control socket {self.path}: {exc.strerror or exc} "
+                "(is `aisfusion run` running here? see control.socket, or pass --socket)"
+            ) from None
+        self._sock = sock
+        self._reader = sock.makefile("rb")
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if sock is not None:
+            sock.close()
+
+    def call(self, command: str, args: Sequence[str] = ()) -> Any:
+        """Run one command; its data, or ShellError with the service's message."""
+        self.connect()
+        assert self._sock is not None
+        request = json.dumps({"command": command, "args": list(args)}).encode() + b"\n"
+        try:
+            self._sock.sendall(request)
+            line = self._reader.readline()
+        except OSError as exc:
+            self.close()
+            raise ShellError(f"connection to the service lost: {exc}") from None
+        if not line:
+            self.close()
+            raise ShellError("the service closed the connection (stopped?)")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise ShellError(str(reply.get("error", "failed")))
+        return reply.get("data")
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.1f}s"
+    m, s = divmod(int(s), 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h"
+
+
+def timestamp(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(float(ts), datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    texts = [[cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in texts:
+        for i, text in enumerate(row[: len(widths)]):
+            widths[i] = max(widths[i], len(text))
+    lines = [headers, *texts]
+    return "\n".join(
+        "  ".join(t.ljust(w) for t, w in zip(line, widths, strict=False)).rstrip() for line in lines
+    )
+
+
+def _tree_rows(node: dict[str, Any], prefix: str, last: bool, root: bool) -> list[list[Any]]:
+    branch = "" if root else prefix + ("└── " if last else "├── ")
+    detail = []
+    if node.get("kind") == "shard" and node.get("vessels") is not None:
+        detail.append(f"{node['vessels']} vessels, {node['processed']} messages")
+    if node.get("kind") == "supervisor" and node.get("strategy"):
+        detail.append(
+            f"{node['strategy']}, at most {node['max_restarts']} restarts in "
+            f"{node['within_s']:g} s" + (", ESCALATED" if node.get("escalated") else "")
+        )
+    if node.get("last_error"):
+        detail.append(f"last error: {node['last_error']}")
+    rows = [
+        [branch + node["name"], node["state"], node.get("restarts"), node.get("mailbox"), *detail]
+    ]
+    children = node.get("children") or []
+    inner = "" if root else prefix + ("    " if last else "│   ")
+    for i, child in enumerate(children):
+        rows += _tree_rows(child, inner, i == len(children) - 1, root=False)
+    return rows
+
+
+def _breaker_line(b: dict[str, Any]) -> str:
+    text = f"{b['name']} {b['state']}{' (forced)' if b.get('forced') else ''}"
+    return f"{text} for {duration(b.get('seconds_in_state'))}"
+
+
+def render_status(data: dict[str, Any]) -> str:
+    head = f"aisfusion {data.get('version', '?')}  pid {data.get('pid', '?')}"
+    head += f"  up {duration(data.get('uptime_s'))}  "
+    head += "READY" if data.get("ready") else "NOT READY"
+    if data.get("failure"):
+        head += f"\nFAILED: {data['failure']}"
+    rows = _tree_rows(data["tree"], "", True, root=True)
+    headers = ["ACTOR", "STATE", "RESTARTS", "MAILBOX", "DETAIL"]
+    out = [head, "", table(headers, [[*r[:4], ", ".join(r[4:])] for r in rows])]
+    storage = data.get("storage")
+    if storage:
+        out.append("")
+        out.append("breakers: " + ", ".join(_breaker_line(b) for b in storage["breakers"]))
+        dlq = storage.get("dlq") or {}
+        spool = storage.get("spool") or {}
+        out.append(
+            f"history: {storage.get('rows_written', 0)} rows written, "
+            f"{storage.get('inflight_batches', 0)} batches in flight"
+        )
+        if dlq:
+            out.append(
+                f"dead-letter queue: {dlq.get('ready', 0)} ready, {dlq.get('scheduled', 0)} "
+                f"scheduled, {dlq.get('leased', 0)} leased, {dlq.get('parked', 0)} parked "
+                f"({dlq.get('rows', 0)} rows, oldest {duration(dlq.get('oldest_age_s'))})"
+            )
+        out.append(f"spool: {spool.get('batches', 0)} batches ({spool.get('rows', 0)} rows)")
+    else:
+        out += ["", "storage supervisor: no answer (busy)"]
+    return "\n".join(out)
+
+
+def render_breakers(data: Any) -> str:
+    breakers = data if isinstance(data, list) else [data]
+    return table(
+        ["BREAKER", "STATE", "FOR", "FAILURES", "OPENINGS", "TRANSITIONS", "NEXT PROBE", "ERROR"],
+        [
+            [
+                b["name"],
+                b["state"] + (" (forced)" if b.get("forced") else ""),
+                duration(b.get("seconds_in_state")),
+                b.get("consecutive_failures"),
+                b.get("openings"),
+                b.get("transitions"),
+                duration(b.get("next_probe_in_s")) if b.get("next_probe_in_s") is not None else "-",
+                b.get("last_error"),
+            ]
+            for b in breakers
+        ],
+    )
+
+
+def render_dlq(data: dict[str, Any]) -> str:
+    if "stats" in data:
+        s = data["stats"]
+        return table(
+            ["READY", "SCHEDULED", "LEASED", "PARKED", "ROWS", "OLDEST"],
+            [
+                [
+                    s["ready"],
+                    s["scheduled"],
+                    s["leased"],
+                    s["parked"],
+                    s["rows"],
+                    duration(s.get("oldest_age_s")),
+                ]
+            ],
+        )
+    if "entries" in data:
+        entries = data["entries"]
+        kind = "parked" if data.get("parked") else "waiting"
+        if not entries:
+            return f"no {kind} entries"
+        return table(
+            ["ID", "ROWS", "ATTEMPTS", "SOURCE", "FIRST FAILED", "NEXT RETRY", "ERROR"],
+            [
+                [
+                    e["id"],
+                    e["rows"],
+                    e["attempts"],
+                    e["source"],
+                    timestamp(e.get("first_failed_at")),
+                    "parked" if e.get("parked") else timestamp(e.get("next_retry_at")),
+                    e.get("error"),
+                ]
+                for e in entries
+            ],
+        )
+    if "moved" in data:
+        return f"{data['moved']} entries due now (the storage supervisor retries them)"
+    if "cleared" in data:
+        return f"cleared {data['cleared']} {'parked ' if data.get('parked') else ''}entries"
+    return json.dumps(data, indent=2)
+
+
+def _position(p: dict[str, Any]) -> str:
+    parts = [f"{p['lat']:.5f} {p['lon']:.5f} at {timestamp(p.get('ts'))}"]
+    for key, label, unit in (("sog", "SOG", " kn"), ("cog", "COG", "°"), ("heading", "HDG", "°")):
+        if p.get(key) is not None:
+            parts.append(f"{label} {p[key]:g}{unit}")
+    if p.get("nav_status") is not None:
+        parts.append(f"nav status {p['nav_status']}")
+    if p.get("msg_type"):
+        parts.append(f"type {p['msg_type']}")
+    source = p.get("source", "?") + (f" (station {p['station']})" if p.get("station") else "")
+    return ", ".join(parts) + f"; from {source}"
+
+
+_SHOWN = {"mmsi", "shard", "last", "static", "first_seen", "last_seen", "support", "window"}
+_SHOWN |= {"pending", "quarantine", "unconfirmed"}
+
+
+def render_vessel(data: dict[str, Any]) -> str:
+    mmsi = data["mmsi"]
+    actor = data.get("actor")
+    out = []
+    if actor is None:
+        out.append(f"vessel {mmsi}: no vessel actor (never seen, or passivated while idle)")
+    else:
+        out.append(f"vessel {mmsi}: actor in shard {actor.get('shard')}")
+        out.append(
+            f"  seen {timestamp(actor.get('first_seen'))} .. {timestamp(actor.get('last_seen'))}"
+        )
+        last = actor.get("last")
+        out.append("  last decision: " + (_position(last) if last else "none yet"))
+        support = actor.get("support") or []
+        if last:
+            out.append(
+                "  why: "
+                + (
+                    f"best-scoring fresh observation, heard by {len(support)} source(s): "
+                    + ", ".join(map(str, support))
+                    if support
+                    else "restored from its live record"
+                )
+            )
+        out.append(
+            f"  window: {actor.get('window', 0)} recent payloads (dedup), "
+            f"{actor.get('pending', 0)} pending"
+        )
+        quarantine = actor.get("quarantine") or []
+        if quarantine:
+            out.append(f"  quarantined jumps ({len(quarantine)}), waiting for corroboration:")
+            out += [
+                f"    {q['lat']:.5f} {q['lon']:.5f} at {timestamp(q.get('ts'))} from {q['source']}"
+                for q in quarantine
+            ]
+        else:
+            out.append("  quarantined jumps: none")
+        static = actor.get("static")
+        if static:
+            fields = ", ".join(
+                f"{k} {v}" for k, v in static.items() if v is not None and k not in ("mmsi", "ts")
+            )
+            out.append(f"  static data: {fields or 'none'} (as of {timestamp(static.get('ts'))})")
+        else:
+            out.append("  static data: none yet")
+        if actor.get("unconfirmed"):
+            out.append(f"  unconfirmed static changes: {actor['unconfirmed']}")
+        for key, value in actor.items():  # whatever else the vessel actor reports
+            if key not in _SHOWN:
+                out.append(f"  {key}: {value}")
+    live = data.get("live")
+    if live:
+        fields = " ".join(f"{k}={v}" for k, v in live.items())
+        out.append(f"  live record (Redis): {fields}")
+    elif data.get("live_error"):
+        out.append(f"  live record (Redis): unavailable: {data['live_error']}")
+    else:
+        out.append("  live record (Redis): none")
+    return "\n".join(out)
+
+
+def render_sources(data: list[dict[str, Any]]) -> str:
+    if not data:
+        return "no sources yet"
+    rows = []
+    for s in data:
+        outcomes = s.get("outcomes") or {}
+        top = sorted(outcomes.items(), key=lambda kv: -kv[1])[:4]
+        rows.append(
+            [
+                s["source"],
+                f"{s['quality']:.3f}",
+                f"{s['weight']:.3f}",
+                "DEMOTED" if s.get("demoted") else "-",
+                s.get("demotions"),
+                s.get("promotions"),
+                s.get("graded"),
+                s.get("clock_skew_s"),
+                timestamp(s.get("last_ts")),
+                " ".join(f"{k}={v}" for k, v in top),
+            ]
+        )
+    headers = ["SOURCE", "QUALITY", "WEIGHT", "STATE", "DEMOTIONS", "PROMOTIONS", "GRADED"]
+    return table([*headers, "SKEW s", "LAST SEEN", "OUTCOMES"], rows)
+
+
+def render_near(data: dict[str, Any]) -> str:
+    vessels = data["vessels"]
+    head = f"{len(vessels)} vessels within {data['km']:g} km of {data['lat']:g} {data['lon']:g}"
+    if not vessels:
+        return head
+    rows = [
+        [
+            v["mmsi"],
+            f"{v['distance_km']:.3f}",
+            v.get("lat"),
+            v.get("lon"),
+            v.get("sog"),
+            v.get("cog"),
+            timestamp(v.get("ts")),
+            f"{v.get('src')}/{v['stn']}" if v.get("stn") else v.get("src"),
+        ]
+        for v in vessels
+    ]
+    return head + "\n" + table(["MMSI", "KM", "LAT", "LON", "SOG", "COG", "TIME", "SOURCE"], rows)
+
+
+def render_restart(data: dict[str, Any]) -> str:
+    return (
+        f"restarted {data['name']}: {data['state']}, mailbox {cell(data.get('mailbox'))}, "
+        f"{data['restarts']} restarts after failures"
+    )
+
+
+def render_help(data: dict[str, Any]) -> str:
+    commands = list(data["commands"])
+    if "complete" in data:
+        commands.append({"usage": "quit", "help": "leave the shell (also exit, Ctrl-D)"})
+    lines = []
+    for c in commands:
+        lines.append(c["usage"])
+        lines += textwrap.wrap(c["help"], 96, initial_indent="    ", subsequent_indent="    ")
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[Any], str]] = {
+    "status": render_status,
+    "breakers": render_breakers,
+    "dlq": render_dlq,
+    "vessel": render_vessel,
+    "sources": render_sources,
+    "near": render_near,
+    "restart": render_restart,
+    "help": render_help,
+}
+
+
+def render(command: str, data: Any) -> str:
+    renderer = RENDERERS.get(command)
+    if renderer is None:
+        return json.dumps(data, indent=2)
+    try:
+        return renderer(data)
+    except (KeyError, TypeError, ValueError):  # a newer service: show the data as it is
+        return json.dumps(data, indent=2)
+
+
+# -- the shell -------------------------------------------------------------------------------
+
+
+def split(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise ShellError(f"cannot parse the line: {exc}") from None
+
+
+def run_line(client: ControlClient, line: str, *, as_json: bool = False) -> str | None:
+    """One command line to its output text (None for an empty line)."""
+    words = split(line)
+    if not words:
+        return None
+    data = client.call(words[0], words[1:])
+    if as_json:
+        return json.dumps(data, indent=2)
+    return render(words[0], data)
+
+
+class Completer:
+    """Tab completion from the command tree the service sends with `help`."""
+
+    def __init__(self, tree: dict[str, Any], readline: ModuleType) -> None:
+        self.tree = {**tree, **{name: {} for name in LOCAL_COMMANDS}}
+        self._readline = readline
+        self._matches: list[str] = []
+
+    def candidates(self, before: list[str], text: str) -> list[str]:
+        node: dict[str, Any] = self.tree
+        for word in before:
+            child = node.get(word)
+            if not isinstance(child, dict):
+                return []
+            node = child
+        return sorted(w + " " for w in node if w.startswith(text))
+
+    def __call__(self, text: str, state: int) -> str | None:
+        if state == 0:
+            buffer = self._readline.get_line_buffer()
+            before = buffer[: self._readline.get_begidx()].split()
+            self._matches = self.candidates(before, text)
+        return self._matches[state] if state < len(self._matches) else None
+
+
+def _history_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    env = os.environ.get("AISFUSION_SHELL_HISTORY")
+    return Path(env) if env else Path.home() / ".aisfusion_history"
+
+
+def _setup_readline(tree: dict[str, Any], history: Path) -> ModuleType | None:
+    try:
+        import readline
+    except ImportError:  # no readline on this platform: plain input()
+        return None
+    readline.set_completer(Completer(tree, readline))
+    readline.set_completer_delims(" \t\n")
+    if "libedit" in (readline.__doc__ or ""):
+        readline.parse_and_bind("bind ^I rl_complete")
+    else:
+        readline.parse_and_bind("tab: complete")
+    readline.set_history_length(HISTORY_LENGTH)
+    with contextlib.suppress(OSError):
+        readline.read_history_file(history)
+    return readline
+
+
+def _save_history(readline: ModuleType | None, history: Path) -> None:
+    if readline is None:
+        return
+    try:
+        history.parent.mkdir(parents=True, exist_ok=True)
+        readline.write_history_file(history)
+        history.chmod(0o600)
+    except OSError as exc:
+        print(f"aisfusion shell: history not saved to {history}: {exc}", file=sys.stderr)
+
+
+def _tidy_history(readline: ModuleType | None, line: str) -> None:
+    """Keep the history clean: no trailing blanks (Tab completion adds one), no repeats."""
+    if readline is None or not line.strip():
+        return
+    last = readline.get_current_history_length()
+    if last >= 2 and readline.get_history_item(last - 1).strip() == line.strip():
+        readline.remove_history_item(last - 1)
+    elif line != line.strip():
+        readline.replace_history_item(last - 1, line.strip())
+
+
+def _confirm(
+    client: ControlClient, words: list[str], out: TextIO, readline: ModuleType | None
+) -> bool:
+    """`dlq clear` deletes batches that are not in PostgreSQL: ask first (interactive only)."""
+    if words[:2] != ["dlq", "clear"]:
+        return True
+    stats = client.call("dlq", ["stats"])["stats"]
+    parked = words[2:] == ["parked"]
+    count = (
+        stats["parked"]
+        if parked
+        else sum(stats[k] for k in ("ready", "scheduled", "leased", "parked"))
+    )
+    print(
+        f"delete {count} {'parked ' if parked else ''}entries ({stats['rows']} rows in all) "
+        "that are NOT in PostgreSQL? [y/N] ",
+        end="",
+        file=out,
+        flush=True,
+    )
+    try:
+        answer = input()
+    except EOFError:
+        return False
+    if readline is not None and answer.strip():  # the answer is no command to recall
+        readline.remove_history_item(readline.get_current_history_length() - 1)
+    return answer.strip().lower() in ("y", "yes")
+
+
+def interactive(client: ControlClient, history: Path, out: TextIO = sys.stdout) -> int:
+    info = client.call("help")
+    readline = _setup_readline(info.get("complete", {}), history)
+    print(
+        f"aisfusion shell on {client.path}: `help` lists the commands, Tab completes, "
+        "`quit` leaves",
+        file=out,
+    )
+    try:
+        while True:
+            try:
+                line = input(PROMPT)
+            except EOFError:
+                print(file=out)
+                return 0
+            except KeyboardInterrupt:
+                print("^C", file=out)
+                continue
+            _tidy_history(readline, line)
+            try:
+                words = split(line)
+                if not words:
+                    continue
+                if words[0] in LOCAL_COMMANDS:
+                    return 0
+                if not _confirm(client, words, out, readline):
+                    print("not cleared", file=out)
+                    continue
+                text = run_line(client, line)
+            except ShellError as exc:
+                print(f"error: {exc}", file=out)
+                continue
+            except KeyboardInterrupt:
+                print("^C", file=out)
+                continue
+            if text is not None:
+                print(text, file=out, flush=True)
+    finally:
+        _save_history(readline, history)
+
+
+def run_shell(
+    socket_path: Path,
+    *,
+    command: str | None = None,
+    as_json: bool = False,
+    history: Path | None = None,
+) -> int:
+    """`aisfusion shell`: 0 on success, 1 when the service is unreachable or a command failed."""
+    client = ControlClient(socket_path)
+    try:
+        if command is not None:
+            text = run_line(client, command, as_json=as_json)
+            if text is not None:
+                print(text, flush=True)
+            return 0
+        return interactive(client, _history_path(history))
+    except ShellError as exc:
+        print(f"aisfusion shell: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
