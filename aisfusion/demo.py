@@ -1,8 +1,9 @@
 """`aisfusion demo`: embedded servers, the service, simulated receivers, a live summary.
 
 The demo always runs on its own embedded PostgreSQL and Valkey (in `<data_dir>/demo`, wiped
-first), on free ports, so it never touches a configured deployment. Its summary is read back
-from the stores themselves, not from the service's counters.
+first), on free ports, so it never touches a configured deployment. Three honest receivers and
+one that reports every position 1.5 km off watch the same simulated fleet; the summary is read
+back from the stores themselves, and the source-quality table shows the bad receiver demoted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 
 from aisfusion.app import Service
 from aisfusion.config import Config
+from aisfusion.receivers import receivers
 from aisfusion.replay import simulate
 
 
@@ -65,7 +67,8 @@ async def run_demo(
             file=out,
         )
         print(
-            f"  simulating {vessels} vessels for {duration_s:.0f} s"
+            f"  simulating {vessels} vessels heard by 3 receivers and a bad one "
+            f"(positions 1.5 km off) for {duration_s:.0f} s"
             + (f" at up to {rate:.0f} lines/s" if rate else ""),
             file=out,
             flush=True,
@@ -90,8 +93,9 @@ async def run_demo(
             rate=rate,
             duration_s=duration_s,
             seed=seed,
-            station="demo-rx",
+            station=None,
             progress=progress,
+            receivers=receivers(3, fault="offset", loss=0.2, noise_m=10.0, prefix="demo-rx"),
         )
         # Wait until the service has read every line, then drain every stage.
         deadline = time.monotonic() + 30
@@ -142,6 +146,16 @@ async def run_demo(
             "  rejects                                       "
             + (", ".join(f"{k}={v}" for k, v in sorted(rejects.items())) or "none"),
             file=out,
-            flush=True,
         )
+        status = await asyncio.get_running_loop().run_in_executor(None, service.status)
+        print("\nsource quality (fusion weighs each receiver by it)", file=out)
+        print(f"  {'source':28s} {'quality':>7s} {'weight':>7s} {'graded':>7s}  state", file=out)
+        for row in status["sources"]:
+            state = "DEMOTED" if row["demoted"] else "ok"
+            print(
+                f"  {row['source']:28s} {row['quality']:7.3f} {row['weight']:7.3f} "
+                f"{row['graded']:7d}  {state}",
+                file=out,
+            )
+        out.flush()
     return summary
