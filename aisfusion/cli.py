@@ -61,20 +61,21 @@ async def _run(config: Config) -> int:
     from aisfusion.app import Service
 
     stop = asyncio.Event()
-    signals = 0
 
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            log.error("second signal: stopping hard")
-            os._exit(130)  # the embedded servers die with us (parent-death signal)
-        log.info("stopping gracefully (send again to force)")
+    def on_signal(sig: signal.Signals) -> None:
+        # Only an operator's second Ctrl-C forces: a repeated SIGTERM (a process manager and
+        # a wrapper both forwarding it) must not cut the graceful drain short.
+        if stop.is_set():
+            if sig is signal.SIGINT:
+                log.error("second interrupt: stopping hard")
+                os._exit(130)  # the embedded servers die with us (parent-death signal)
+            return
+        log.info("%s: stopping gracefully (Ctrl-C again to force)", sig.name)
         stop.set()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_signal, sig)
     service = Service(config)
     try:
         await service.start()
