@@ -36,6 +36,7 @@ from aisfusion.storage.bridge import AsyncBridge
 from aisfusion.storage.embedded import EmbeddedServers
 from aisfusion.storage.postgres import PostgresStore
 from aisfusion.storage.redis import RedisStore
+from aisfusion.storage.retention import Maintenance
 from aisfusion.storage.spool import Spool
 from aisfusion.supervisors.breaker import BreakerState, CircuitBreaker
 from aisfusion.supervisors.storage import (
@@ -105,6 +106,7 @@ class Service:
         self.batcher: pykka.ActorRef[Any] | None = None
         self.storage: pykka.ActorRef[Any] | None = None
         self.spool: Spool | None = None
+        self.maintenance: Maintenance | None = None
         self.breakers: dict[str, CircuitBreaker] = {}
         self.failure: str | None = None
         self.failed = asyncio.Event()
@@ -180,11 +182,27 @@ class Service:
             pg_url = pg_url or self.embedded.postgres_url
             redis_url = redis_url or self.embedded.redis_url
         self.bridge.start()
-        self.postgres = PostgresStore(pg_url, cfg.postgres)
-        self.redis = RedisStore(redis_url, cfg.redis.key_prefix)
+        self.postgres = PostgresStore(
+            pg_url, cfg.postgres, partition_days=cfg.retention.partition_days
+        )
+        self.redis = RedisStore(
+            redis_url,
+            cfg.redis.key_prefix,
+            layout=cfg.redis.layout,
+            cluster=cfg.redis.cluster,
+            geo_cell_deg=cfg.redis.geo_cell_deg,
+        )
         await asyncio.wrap_future(self.bridge.submit(self.postgres.connect()))
         await asyncio.wrap_future(self.bridge.submit(self.postgres.migrate()))
         await asyncio.wrap_future(self.bridge.submit(self.redis.connect()))
+        redis_status = self.redis.status()
+        self.metrics.redis_layout.info(
+            {"layout": redis_status["layout"], "cluster": str(redis_status["cluster"]).lower()}
+        )
+        # Partitions ahead, retention, soft delete, the live picture's leavers: now and then
+        # every retention.interval_s.
+        self.maintenance = Maintenance(cfg.retention, self.postgres, self.redis, self.metrics)
+        self.maintenance.start(self.bridge)
 
         m = self.metrics
         self.breakers = {"postgres": self._breaker("postgres"), "redis": self._breaker("redis")}
@@ -304,6 +322,9 @@ class Service:
             if self.sources is not None:
                 self.sources.stop()
                 self.sources = None
+            if self.maintenance is not None:
+                self.maintenance.stop()
+                self.maintenance = None
             for store in (self.redis, self.postgres):
                 if store is not None and self.bridge.running:
                     await asyncio.wrap_future(self.bridge.submit(store.close()))
@@ -372,6 +393,7 @@ class Service:
             "batcher": bool(self.batcher and self.batcher.is_alive()),
             "storage": storage,
             "embedded": self.embedded is not None,
+            "stores": self._stores_status(),
             "control_socket": str(self._control.path) if self._control is not None else None,
         }
 
@@ -475,6 +497,49 @@ class Service:
                     vessel[key] = value
             out.append(vessel)
         return out
+
+    def vessel_info(self, mmsi: int, *, include_deleted: bool = False) -> dict[str, Any] | None:
+        """One vessel's live record (Redis) and static data (PostgreSQL); None when neither
+        has it. A soft-deleted vessel's static data only with `include_deleted` (blocking:
+        off the feed loop)."""
+        if self.redis is None or self.postgres is None:
+            raise RuntimeError("service not running")
+        record = self.bridge.run(self.redis.live(mmsi), 5.0)
+        static = self.bridge.run(
+            self.postgres.vessel(mmsi, include_deleted=include_deleted), STATUS_TIMEOUT_S
+        )
+        if not record and static is None:
+            return None
+        live: dict[str, Any] | None = None
+        if record:
+            live = {}
+            for key, value in record.items():
+                try:
+                    live[key] = float(value) if key in _FLOAT_FIELDS else value
+                except ValueError:
+                    live[key] = value
+        return {"mmsi": mmsi, "live": live, "static": static}
+
+    def track(
+        self, mmsi: int, start: float, end: float, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """A vessel's stored positions with start <= ts < end, oldest first (blocking)."""
+        if self.postgres is None:
+            raise RuntimeError("service not running")
+        if not start < end:
+            raise ValueError(f"the track's start must be before its end ({start:g}, {end:g})")
+        return self.bridge.run(self.postgres.track(mmsi, start, end, limit), 30.0)
+
+    def _stores_status(self) -> dict[str, Any]:
+        """The stores' modes and the last housekeeping run, for /status."""
+        return {
+            "redis": None if self.redis is None else self.redis.status(),
+            "postgres": {
+                "transaction_pooling": self.config.postgres.transaction_pooling,
+                "partition_days": self.config.retention.partition_days,
+            },
+            "maintenance": None if self.maintenance is None else self.maintenance.status(),
+        }
 
     def _watch(self, live: Slot) -> None:
         """Gauges computed at scrape time: mailbox depths, readiness, Redis memory."""

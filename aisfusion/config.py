@@ -94,6 +94,10 @@ class ActorsConfig(_Section, frozen=True):
     max_vessels: Annotated[int, msgspec.Meta(ge=1)] = 200_000
     passivate_min_s: PositiveFloat = 120.0
     passivate_intervals: PositiveFloat = 3.0
+    # Scale-out: every instance reads the same feeds and keeps the MMSIs with
+    # mmsi % instances == instance (the others are counted as skipped).
+    instance: Annotated[int, msgspec.Meta(ge=0, le=1023)] = 0
+    instances: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
 
 
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
@@ -144,6 +148,11 @@ class PostgresConfig(_Section, frozen=True):
     pool_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 4
     statement_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 100
     command_timeout_s: PositiveFloat = 30.0
+    connect_timeout_s: PositiveFloat = 10.0
+    max_inactive_connection_lifetime_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    # Behind PgBouncer in transaction pooling mode: no server-side prepared statements are
+    # kept (statement_cache_size counts as 0) and nothing relies on session state.
+    transaction_pooling: bool = False
 
 
 class RedisConfig(_Section, frozen=True):
@@ -152,6 +161,30 @@ class RedisConfig(_Section, frozen=True):
         "aisfusion:"
     )
     flush_interval_s: PositiveFloat = 0.05
+    # Live record layout: compact (one packed string per vessel, any Redis or Valkey), json
+    # (a JSON document; needs the JSON module), auto (json when the server has the module).
+    layout: Literal["auto", "compact", "json"] = "auto"
+    # A Redis Cluster (also chosen by a redis+cluster:// url).
+    cluster: bool = False
+    # 0: one geo index key; else the geo index is split into cells of this many degrees
+    # (a divisor of 180), so a cluster spreads it over its nodes.
+    geo_cell_deg: Annotated[int, msgspec.Meta(ge=0, le=180)] = 0
+
+    def __post_init__(self) -> None:
+        if self.geo_cell_deg and 180 % self.geo_cell_deg:
+            raise ValueError(f"geo_cell_deg must divide 180 (got {self.geo_cell_deg})")
+
+
+class RetentionConfig(_Section, frozen=True):
+    """History partitions, soft delete of inactive vessels and inactive vessels in the live
+    picture (see storage/retention.py)."""
+
+    interval_s: PositiveFloat = 300.0
+    partition_days: Annotated[int, msgspec.Meta(ge=1, le=366)] = 1
+    partitions_ahead: Annotated[int, msgspec.Meta(ge=1, le=366)] = 3
+    history_days: Annotated[int, msgspec.Meta(ge=0)] = 0
+    vessel_inactive_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    live_inactive_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
 
 
 class EmbeddedConfig(_Section, frozen=True):
@@ -212,6 +245,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     batcher: BatcherConfig = msgspec.field(default_factory=BatcherConfig)
     postgres: PostgresConfig = msgspec.field(default_factory=PostgresConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     embedded: EmbeddedConfig = msgspec.field(default_factory=EmbeddedConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     control: ControlConfig = msgspec.field(default_factory=ControlConfig)
@@ -287,6 +321,11 @@ def _validate(raw: Mapping[str, Any], from_env: set[tuple[str, str]]) -> tuple[C
         problems.append(
             f"postgres.pool_min: {config.postgres.pool_min} is larger than "
             f"postgres.pool_max {config.postgres.pool_max}"
+        )
+    if config.actors.instance >= config.actors.instances:
+        problems.append(
+            f"actors.instance: {config.actors.instance} must be below "
+            f"actors.instances {config.actors.instances}"
         )
     return config, problems
 

@@ -1,4 +1,5 @@
-"""The metrics HTTP port: Prometheus exposition, health, readiness, read-only status, and
+"""The metrics HTTP port: Prometheus exposition, health, readiness, read-only status, the
+read side (``/vessels/MMSI``, ``/vessels/near``, ``/vessels/MMSI/track``: JSON), and
 token-protected operator endpoints (``/admin/dlq``, ``/admin/breakers/NAME/trip|reset``).
 
 It runs in its own threads (not on the feed loop), so it keeps answering when ingest is busy.
@@ -11,11 +12,15 @@ import hmac
 import json
 import logging
 import threading
+import time
 import urllib.parse
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aisfusion.control import NEAR_MAX_KM
 
 if TYPE_CHECKING:
     from aisfusion.app import Service
@@ -41,6 +46,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/status":
             body = json.dumps(service.status(), indent=2).encode()
             self._send(200, body, "application/json")
+        elif path.startswith("/vessels/"):
+            self._vessels(path, query)
         else:
             self._send(404, b"not found\n", "text/plain")
 
@@ -94,6 +101,52 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(200, body)
 
+    def _vessels(self, path: str, query: dict[str, str]) -> None:
+        """The read side: one vessel (live + static), vessels near a point, a track."""
+        service = self.server.service
+        parts = path.strip("/").split("/")
+        try:
+            match parts:
+                case ["vessels", "near"]:
+                    lat = _number(query, "lat", -90.0, 90.0)
+                    lon = _number(query, "lon", -180.0, 180.0)
+                    km = _number(query, "km", 0.001, NEAR_MAX_KM)
+                    limit = int(_number(query, "limit", 1, 1000, default=20))
+                    body: Any = {
+                        "lat": lat,
+                        "lon": lon,
+                        "km": km,
+                        "vessels": service.near(lat, lon, km, limit),
+                    }
+                case ["vessels", mmsi]:
+                    deleted = query.get("deleted") in ("1", "true")
+                    body = service.vessel_info(_mmsi(mmsi), include_deleted=deleted)
+                    if body is None:
+                        self._json(404, {"error": f"vessel {mmsi} is not known"})
+                        return
+                case ["vessels", mmsi, "track"]:
+                    end = _time(query.get("to")) if "to" in query else time.time()
+                    start = _time(query["from"]) if "from" in query else end - TRACK_DEFAULT_S
+                    limit = int(_number(query, "limit", 1, TRACK_MAX, default=TRACK_MAX))
+                    positions = service.track(_mmsi(mmsi), start, end, limit + 1)
+                    body = {
+                        "mmsi": int(mmsi),
+                        "from": start,
+                        "to": end,
+                        "positions": positions[:limit],
+                        "truncated": len(positions) > limit,
+                    }
+                case _:
+                    self._json(404, {"error": f"no endpoint {path}"})
+                    return
+        except ValueError as exc:
+            self._json(400, {"error": str(exc)})
+            return
+        except Exception as exc:  # storage trouble: say so, keep serving
+            self._json(503, {"error": repr(exc)})
+            return
+        self._json(200, body)
+
     def _json(self, code: int, body: Any) -> None:
         self._send(code, json.dumps(body, indent=2).encode(), "application/json")
 
@@ -106,6 +159,49 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("metrics http: " + format, *args)
+
+
+TRACK_DEFAULT_S = 86400.0  # a track without `from` covers the last day
+TRACK_MAX = 100_000  # positions per track reply; `truncated` says when there were more
+
+
+def _number(
+    query: dict[str, str], name: str, low: float, high: float, default: float | None = None
+) -> float:
+    if name not in query:
+        if default is None:
+            raise ValueError(f"missing query parameter {name!r}")
+        return default
+    try:
+        value = float(query[name])
+    except ValueError:
+        raise ValueError(f"{name}: not a number: {query[name]!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}: {value:g} is outside {low:g}..{high:g}")
+    return value
+
+
+def _mmsi(text: str) -> int:
+    if not text.isdigit() or int(text) > 999_999_999:
+        raise ValueError(f"not an MMSI: {text!r}")
+    return int(text)
+
+
+def _time(text: str | None) -> float:
+    """UNIX seconds, or an ISO 8601 time (UTC unless it names an offset)."""
+    if not text:
+        raise ValueError("empty time")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a time (UNIX seconds or ISO 8601): {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 class _Server(ThreadingHTTPServer):

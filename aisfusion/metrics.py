@@ -355,6 +355,37 @@ class Metrics:
         self._newest_stored = {"redis": started, "postgres": started}
         for store in self._newest_stored:
             self.newest_stored_arrival.labels(store).set(started)
+        # storage
+        self.maintenance_runs = Counter(
+            "aisfusion_maintenance_runs_total",
+            "Housekeeping steps run (storage/retention.py), by task and outcome",
+            ["task", "outcome"],
+            registry=r,
+        )
+        self.history_partitions = Gauge(
+            "aisfusion_history_partitions", "Partitions of the positions history table", registry=r
+        )
+        self.history_partitions_changed = Counter(
+            "aisfusion_history_partitions_changed_total",
+            "Partitions of the positions history created (ahead or on demand) and dropped "
+            "(retention)",
+            ["change"],
+            registry=r,
+        )
+        self.vessels_soft_deleted = Counter(
+            "aisfusion_vessels_soft_deleted_total",
+            "Vessels soft-deleted in PostgreSQL after retention.vessel_inactive_days",
+            registry=r,
+        )
+        self.live_vessels_removed = Counter(
+            "aisfusion_live_vessels_removed_total",
+            "Vessels removed from the live picture (geo, activity index, record) after "
+            "retention.live_inactive_s",
+            registry=r,
+        )
+        self.redis_layout = Info(
+            "aisfusion_redis_layout", "The live record layout and Redis mode in use", registry=r
+        )
 
     def stored(self, store: str, positions: Sequence[_Arrived]) -> None:
         """Positions are in `store` now: observe their end-to-end latency (call per batch)."""

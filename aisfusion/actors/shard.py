@@ -14,6 +14,11 @@ and, least recently used first, when the shard holds more than its share of
 `actors.max_vessels`. A passivated vessel's decision is its live record; the last few thousand
 are also kept in memory (with their static data), so a vessel that comes back before the live
 writer's next flush never sees an older record.
+
+Scale-out (`actors.instances` > 1): every instance reads the same feeds and its shards keep only
+the MMSIs with ``mmsi % instances == instance``, counting the others as `skipped` in their
+statistics (not as rejects). Choose `shards` coprime with `instances` (e.g. 3 shards, 2
+instances): ``mmsi % shards`` over the kept MMSIs then still reaches every shard.
 """
 
 from __future__ import annotations
@@ -177,6 +182,16 @@ class ShardActor(pykka.ThreadingActor):
 
     def _ingest(self, messages: list[Any]) -> None:
         started = time.perf_counter()
+        instances = self._config.instances
+        if instances > 1:
+            # Scale-out: another instance owns the other MMSIs (it reads the same feeds).
+            instance = self._config.instance
+            kept = [msg for msg in messages if msg.mmsi % instances == instance]
+            if len(kept) != len(messages):
+                self._count("skipped", len(messages) - len(kept))
+                messages = kept
+            if not messages:
+                return
         now = self._clock()
         stages = [0.0, 0.0, 0.0]
         weights = self._board.snapshot if self._board is not None else self._weights

@@ -8,7 +8,8 @@ about it is atomic without locks. For each raw message of its MMSI, in order (DE
 2. drop a duplicate of the same transmission before paying for the decode: the payload heard
    again within the dedup window (by receive time or by arrival) is one observation, and a
    duplicate from another source is a witness that vouches for it;
-3. decode with pyais; 4. treat "not available" values as absent;
+3. decode (full-length position reports by hand, the rest with pyais);
+4. treat "not available" values as absent;
 5. cross-check the receive time against the message's own UTC second: a mismatch beyond the
    tolerance is the receiver's clock error, the time is corrected to the UTC second;
 6. gate: a position implying an impossible speed from the live position (by class) is a jump
@@ -38,6 +39,7 @@ from aisfusion.actors.batch import Batch, Tally
 from aisfusion.actors.sources import source_key
 from aisfusion.actors.static import fuse_static, plain
 from aisfusion.config import FusionConfig
+from aisfusion.feeds.payload import position_fields
 from aisfusion.messages import Position, RawMessage, StaticReport
 
 POSITION_TYPES = frozenset({1, 2, 3, 9, 18, 19, 27})
@@ -179,8 +181,12 @@ class Vessel:
         self.recent.append(seen)
         deduped = perf_counter()
         try:
-            decoded = MSG_CLASS[msg.msg_type].from_vector(bit_vector(payload, msg.fill_bits))
-            fields = decoded.asdict()
+            # Full-length class A/B position reports (most of the traffic) by hand; the rest
+            # with pyais.
+            fields = position_fields(payload, msg.fill_bits, msg.msg_type)
+            if fields is None:
+                decoded = MSG_CLASS[msg.msg_type].from_vector(bit_vector(payload, msg.fill_bits))
+                fields = decoded.asdict()
         except Exception:  # any pyais failure is one counted bad message, never raised
             b.rejects["decode_error"] += 1
             return

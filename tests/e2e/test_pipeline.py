@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from aisfusion.app import Service
 from aisfusion.config import Config
+from aisfusion.storage.redis import RedisStore
 from tests.dbs import fresh_database, unique_name
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ais"
@@ -186,17 +187,21 @@ async def test_recorded_feed_reaches_postgres_and_redis(service: Service) -> Non
     redis_store = service.redis
     assert redis_store is not None
     client = aioredis.Redis.from_url(service.config.redis.url)
+    # The records are read back through a store of their own (the layout decides the encoding).
+    reader = RedisStore(service.config.redis.url, redis_store.prefix)
+    await reader.connect()
     try:
         prefix = redis_store.prefix
         assert await client.zcard(prefix + "seen") == len(live)
         # One source, one weight: the live position is the newest accepted one.
         assert set(newest) == set(live)
         for mmsi, (lat, lon) in list(newest.items())[:: max(1, len(newest) // 300)]:
-            record = await client.hgetall(f"{prefix}vessel:{mmsi}")
-            assert math.isclose(float(record[b"lat"]), lat, abs_tol=1e-6)
-            assert math.isclose(float(record[b"lon"]), lon, abs_tol=1e-6)
+            record = await reader.live(mmsi)
+            assert math.isclose(float(record["lat"]), lat, abs_tol=1e-6)
+            assert math.isclose(float(record["lon"]), lon, abs_tol=1e-6)
     finally:
         await client.aclose()
+        await reader.close()
 
     decisions = service.metrics.registry.get_sample_value("aisfusion_decisions_total")
     assert decisions == sum(stored.values())

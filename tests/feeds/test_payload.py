@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pyais.bit_vector import bit_vector
+from pyais.messages import MSG_CLASS
 
+from aisfusion.feeds.decoder import FeedDecoder
 from aisfusion.feeds.nmea import Reject
-from aisfusion.feeds.payload import MIN_BITS, extract, invalid_chars, routing_fields
+from aisfusion.feeds.payload import (
+    MIN_BITS,
+    extract,
+    invalid_chars,
+    position_fields,
+    routing_fields,
+)
 
 
 def armor(bits: str) -> bytes:
@@ -57,3 +69,43 @@ def test_short_payloads(payload: bytes) -> None:
 @pytest.mark.parametrize("payload", [b"13u?etPv2;0n:dDPwUM1U1Cb069X", b"13u?etP x", b"\xff" * 10])
 def test_invalid_armoring(payload: bytes) -> None:
     assert extract(payload, 0) == Reject.BAD_PAYLOAD
+
+
+def _pyais_fields(payload: bytes, fill_bits: int, msg_type: int) -> dict[str, object]:
+    return MSG_CLASS[msg_type].from_vector(bit_vector(payload, fill_bits)).asdict()  # type: ignore[no-any-return]
+
+
+def test_known_position_report_fields() -> None:
+    payload = b"13u?etPv2;0n:dDPwUM1U1Cb069D"
+    fields = position_fields(payload, 0, 1)
+    assert fields is not None
+    assert fields == {k: _pyais_fields(payload, 0, 1)[k] for k in fields}
+
+
+def test_position_fields_match_pyais_on_every_recorded_file(ais_data: Path) -> None:
+    """The hand decoder against pyais, field by field, on every position report recorded."""
+    checked = fallback = 0
+    for path in sorted(ais_data.iterdir()):
+        if path.name == "MANIFEST.md" or not path.is_file():
+            continue
+        decoder = FeedDecoder(path.name, max_line_bytes=65536, fragment_timeout_s=1e9)
+        for msg in decoder.feed(path.read_bytes() + b"\n", 0.0):
+            if msg.msg_type not in (1, 2, 3, 18):
+                assert position_fields(msg.payload, msg.fill_bits, msg.msg_type) is None
+                continue
+            fields = position_fields(msg.payload, msg.fill_bits, msg.msg_type)
+            if fields is None:
+                fallback += 1
+                assert len(msg.payload) * 6 - msg.fill_bits != 168
+                continue
+            expected = _pyais_fields(msg.payload, msg.fill_bits, msg.msg_type)
+            for key, value in fields.items():
+                want = expected[key]
+                want = int(want) if isinstance(want, Enum) else want
+                assert type(value) is type(want), (path.name, msg.payload, key)
+                assert value == want, (path.name, msg.payload, key, value, want)
+            assert fields["mmsi"] == msg.mmsi
+            assert ("status" in fields) == ("status" in expected)
+            checked += 1
+    assert checked > 50_000
+    assert fallback < checked / 100

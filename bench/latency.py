@@ -1,0 +1,171 @@
+"""End-to-end latency at fixed rates, socket read -> Redis and -> PostgreSQL commit.
+
+Generates one continuous stretch of simulated multi-receiver traffic (a fleet heard by two
+receivers, the second hearing about half of the transmissions again one second later), starts
+the service in this process on embedded servers, then for each rate sends the next
+`rate * seconds` lines over two TCP connections, paced every 5 ms on an absolute schedule.
+
+Every position's latency is taken where the service itself observes it for its
+`aisfusion_end_to_end_latency_seconds` histogram (`Metrics.stored`, called by the live writer
+once its Redis pipeline returned and by the Postgres writer once the batch committed), from
+`Position.arrival`: the wall time the chunk holding its line was read from the socket. The
+bench wraps that call to keep every value, so the percentiles are exact rather than bucketed.
+The first `--warmup` seconds of each rate are left out (the fleet's vessels are being created).
+
+    .venv/bin/python bench/latency.py [--rates 5000,10000,20000] [--seconds 30] [--warmup 2]
+                                      [--redis-flush 0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import uvloop
+
+from aisfusion.app import Service
+from aisfusion.config import Config
+from aisfusion.simulator import Fleet, tag_block
+
+TICK_S = 0.005
+
+
+def simulated(lines: int, vessels: int, seed: int) -> list[tuple[int, bytes]]:
+    """(connection, line) in send order: rx-a on connection 0, rx-b's echoes on 1."""
+    fleet = Fleet(vessels, seed=seed, start_time=time.time() - 3600)
+    rng = random.Random(seed)
+    out: list[tuple[int, bytes]] = []
+    while len(out) < lines:
+        for report in fleet.step(1.0):
+            echo = rng.random() < 0.5
+            for s in report.sentences:
+                out.append((0, (tag_block(s, station="rx-a", t=report.t) + "\r\n").encode()))
+                if echo:
+                    line = tag_block(s, station="rx-b", t=report.t + 1) + "\r\n"
+                    out.append((1, line.encode()))
+    return out[:lines]
+
+
+def percentiles(values: Sequence[float]) -> str:
+    if not values:
+        return "        -          -          -   (0)"
+    ordered = sorted(values)
+    p50 = ordered[len(ordered) // 2] * 1e3
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3
+    return f"{p50:8.1f}   {p99:8.1f}   {ordered[-1] * 1e3:8.1f}   ({len(ordered):,})"
+
+
+async def paced(
+    writers: list[asyncio.StreamWriter], lines: list[tuple[int, bytes]], rate: float
+) -> float:
+    """Send `lines` at `rate` lines/s on an absolute schedule; returns the achieved rate."""
+    t0 = time.perf_counter()
+    sent = 0
+    while sent < len(lines):
+        due = min(len(lines), int((time.perf_counter() - t0) * rate) + 1)
+        if due > sent:
+            parts: list[list[bytes]] = [[] for _ in writers]
+            for conn, line in lines[sent:due]:
+                parts[conn].append(line)
+            for writer, part in zip(writers, parts, strict=True):
+                if part:
+                    writer.write(b"".join(part))
+            sent = due
+        await asyncio.sleep(TICK_S)
+    for writer in writers:
+        await writer.drain()
+    return len(lines) / (time.perf_counter() - t0)
+
+
+async def main(args: argparse.Namespace) -> None:
+    rates = [float(r) for r in args.rates.split(",")]
+    total = int(sum(rates) * args.seconds)
+    t = time.perf_counter()
+    feed = simulated(total, args.vessels, args.seed)
+    print(f"generated {len(feed):,} lines in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+
+    with tempfile.TemporaryDirectory(prefix="aisf-bench-") as tmp:
+        raw = msgspec.to_builtins(Config())
+        raw["feed"].update(host="127.0.0.1", port=0)
+        raw["metrics"]["port"] = 0
+        raw["embedded"]["data_dir"] = tmp
+        raw["spool"]["dir"] = str(Path(tmp) / "spool")
+        raw["control"]["socket"] = ""
+        raw["actors"]["shards"] = args.shards
+        # The simulated clock starts an hour back: accept its tag-block times.
+        raw["actors"]["max_lateness_s"] = 1e10
+        raw["log"]["level"] = "WARNING"
+        if args.redis_flush is not None:
+            raw["redis"]["flush_interval_s"] = args.redis_flush
+        service = Service(msgspec.convert(raw, Config))
+        await service.start()
+
+        # Keep every latency the service observes (the histogram only keeps buckets).
+        observed: dict[str, list[tuple[float, float]]] = {"redis": [], "postgres": []}
+        stored = service.metrics.stored
+
+        def keep(store: str, positions: Sequence[Any]) -> None:
+            now = time.time()
+            observed[store].extend((p.arrival, now - p.arrival) for p in positions)
+            stored(store, positions)
+
+        service.metrics.stored = keep  # type: ignore[method-assign]
+        try:
+            conns = [await asyncio.open_connection("127.0.0.1", service.feed_port) for _ in "ab"]
+            writers = [w for _, w in conns]
+            flush = service.config.redis.flush_interval_s
+            print(
+                f"shards {args.shards}, 2 connections, {args.vessels} vessels, redis flush ", end=""
+            )
+            print(f"every {flush:g} s; first {args.warmup:g} s of each rate left out")
+            print("latency in ms (positions observed)")
+            print("rate/s    sent/s   | -> redis   p50        p99        max")
+            print("                   | -> postgres")
+            offset = 0
+            for rate in rates:
+                chunk = feed[offset : offset + int(rate * args.seconds)]
+                offset += len(chunk)
+                start = time.time()
+                achieved = await paced(writers, chunk, rate)
+                await service.drain()
+                skip = start + args.warmup
+                redis = [lat for arrival, lat in observed["redis"] if arrival >= skip]
+                pg = [lat for arrival, lat in observed["postgres"] if arrival >= skip]
+                print(f"{rate:7,.0f}  {achieved:8,.0f}   | redis    {percentiles(redis)}")
+                print(f"                   | postgres {percentiles(pg)}")
+                if redis:
+                    print(f"                   | redis mean {statistics.fmean(redis) * 1e3:.1f} ms")
+                for values in observed.values():
+                    values.clear()
+            for writer in writers:
+                writer.close()
+                await writer.wait_closed()
+        finally:
+            await service.stop()
+            location = Path(tmp) / "postgres.location"
+            if location.exists():
+                shutil.rmtree(location.read_text().strip(), ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rates", default="5000,10000,20000", help="lines/s, comma-separated")
+    parser.add_argument("--seconds", type=float, default=30.0, help="per rate")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds left out per rate")
+    parser.add_argument("--vessels", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument(
+        "--redis-flush", type=float, help="redis.flush_interval_s (default: the configured 0.05)"
+    )
+    uvloop.run(main(parser.parse_args()))

@@ -1,0 +1,108 @@
+"""Find PgBouncer for the tests, or install it from Debian's package registry.
+
+PgBouncer ships in no Python package; Debian's `pgbouncer` does. `apt-get install pgbouncer`
+would also pull in postgresql-common and register a system service, so, as for promtool
+(`tests/promtool.py`), only the files are taken: `apt-get download pgbouncer libc-ares2`
+(c-ares is the one library it needs that the base image lacks), then `dpkg-deb -x` into
+`.venv/pgbouncer/`; it runs with that directory's libraries first on LD_LIBRARY_PATH. The
+PgBouncer test installs it when missing (so `./dev test` does it on a fresh machine) and is
+skipped, saying why, only when this cannot be done (not a Debian-like machine, or the package
+registry cannot be reached).
+
+    python -m tests.storage.pgbouncer    # print the PgBouncer in use, installing it if missing
+
+Looked for, in order: `$PGBOUNCER` (a binary), `.venv/pgbouncer/usr/sbin/pgbouncer`,
+`pgbouncer` on the PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ROOT = REPO / ".venv" / "pgbouncer"
+BINARY = ROOT / "usr" / "sbin" / "pgbouncer"
+PACKAGES = ("pgbouncer", "libc-ares2")
+
+
+def find() -> Path | None:
+    given = os.environ.get("PGBOUNCER")
+    if given:
+        return Path(given)
+    if BINARY.is_file() and os.access(BINARY, os.X_OK):
+        return BINARY
+    found = shutil.which("pgbouncer")
+    return Path(found) if found else None
+
+
+def environment(binary: Path) -> dict[str, str]:
+    """The environment to run `binary` in (its extracted libraries first)."""
+    env = dict(os.environ)
+    libs = binary.parent.parent / "lib" / "x86_64-linux-gnu"
+    if binary == BINARY and libs.is_dir():
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+    return env
+
+
+def install() -> Path:
+    """Extract PgBouncer and c-ares from Debian's packages into .venv/pgbouncer."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise RuntimeError("not a Debian-like machine (no apt-get/dpkg-deb) and no pgbouncer found")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)  # apt's download user writes here
+
+        def download() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["apt-get", "download", *PACKAGES],
+                cwd=workdir,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+
+        result = download()
+        if result.returncode != 0 and os.geteuid() == 0:
+            # A fresh machine has no package lists yet.
+            subprocess.run(["apt-get", "update"], capture_output=True, check=False)
+            result = download()
+        if result.returncode != 0:
+            raise RuntimeError(f"apt-get download {' '.join(PACKAGES)} failed:\n{result.stderr}")
+        partial = ROOT.with_name(ROOT.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        for deb in sorted(workdir.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(partial)], check=True)
+        shutil.rmtree(ROOT, ignore_errors=True)
+        partial.replace(ROOT)
+    if not BINARY.is_file():
+        raise RuntimeError(f"the pgbouncer package had no {BINARY.relative_to(ROOT)}")
+    return BINARY
+
+
+def ensure() -> Path:
+    found = find()
+    return found if found is not None else install()
+
+
+def main() -> int:
+    try:
+        path = ensure()
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"pgbouncer: {exc}", file=sys.stderr)
+        return 1
+    version = subprocess.run(
+        [str(path), "--version"], capture_output=True, text=True, check=False, env=environment(path)
+    ).stdout.splitlines()
+    print(f"pgbouncer: {path} ({version[0] if version else 'unknown version'})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
