@@ -2,7 +2,9 @@
 
 ``compact`` (any Redis or Valkey)
     One string: a MessagePack array ``[1, ts_us, lat_e7, lon_e7, sog_x10, cog_x10, hdg, nav,
-    src, stn]`` (the leading 1 is the format version; absent values are nil). Integers in the
+    src, stn, typ]`` (the leading 1 is the format version; absent values are nil; ``typ``, the
+    AIS message type, tells a rehydrated vessel's class to the speed gate — records written
+    before it was added have ten elements and still read). Integers in the
     units AIS itself uses or finer (1e-7 degree is 1 cm; AIS resolves 1/600000 degree) pack to
     about 45 bytes, against about 120 for the same fields in a hash: the live picture of the
     world's fleet fits a small server (`bench/redis_memory.py`).
@@ -64,6 +66,7 @@ def pack(p: Position) -> bytes:
             p.nav_status,
             p.source,
             p.station,
+            p.msg_type,
         )
     )
 
@@ -71,7 +74,9 @@ def pack(p: Position) -> bytes:
 def unpack(blob: bytes) -> dict[str, str] | None:
     """A compact record as the field view; None if it is not one (logged)."""
     try:
-        version, ts_us, lat, lon, sog, cog, hdg, nav, src, stn = _msgpack_decode(blob)
+        fields = _msgpack_decode(blob)
+        version, ts_us, lat, lon, sog, cog, hdg, nav, src, stn = fields[:10]
+        typ = fields[10] if len(fields) > 10 else None
         record = {
             "lat": repr(lat / 1e7),
             "lon": repr(lon / 1e7),
@@ -93,6 +98,8 @@ def unpack(blob: bytes) -> dict[str, str] | None:
         record["nav"] = str(nav)
     if stn is not None:
         record["stn"] = str(stn)
+    if typ is not None:
+        record["typ"] = str(typ)
     return record
 
 
@@ -109,6 +116,7 @@ def document(p: Position) -> bytes:
         doc["nav"] = p.nav_status
     if p.station is not None:
         doc["stn"] = p.station
+    doc["typ"] = p.msg_type
     return _json_encode(doc)
 
 
@@ -120,7 +128,7 @@ def from_document(text: bytes | str) -> dict[str, str] | None:
         for name in ("lat", "lon", "sog", "cog"):
             if doc.get(name) is not None:
                 record[name] = repr(float(doc[name]))
-        for name in ("hdg", "nav"):
+        for name in ("hdg", "nav", "typ"):
             if doc.get(name) is not None:
                 record[name] = str(int(doc[name]))
         for name in ("src", "stn"):

@@ -75,6 +75,7 @@ async def test_live_record_geo_and_activity(store: RedisStore) -> None:
         "src": "feed",
         "cog": "123.4",
         "nav": "5",
+        "typ": "18",
     }
     assert await store.live_count() == 2
     # Latitude 89 is outside the geo index's range: recorded, not indexed.
@@ -102,6 +103,7 @@ async def test_both_layouts_read_back_the_same_fields(any_layout: RedisStore) ->
         "hdg": "232",
         "nav": "0",
         "stn": "rx-3",
+        "typ": "1",
     }
     assert await store.live_records([2, 3]) == {2: await store.live(2)}
     assert await store.live(3) == {}
