@@ -30,6 +30,7 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +97,11 @@ COMMANDS = {
         ),
         Command("near", "near LAT LON KM [LIMIT]", "live vessels within KM km, nearest first"),
         Command(
+            "track",
+            "track MMSI FROM TO [LIMIT]",
+            "a vessel's stored positions between two times (UNIX seconds or ISO 8601, UTC)",
+        ),
+        Command(
             "restart",
             "restart ACTOR",
             "restart a supervised actor now (what it had queued is handed to it again)",
@@ -149,6 +155,23 @@ def _integer(text: str, what: str, low: int, high: int) -> int:
     return value
 
 
+def parse_time(text: str | None) -> float:
+    """UNIX seconds, or an ISO 8601 time (UTC unless it names an offset)."""
+    if not text:
+        raise ValueError("empty time")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a time (UNIX seconds or ISO 8601): {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
 class Commands:
     """What each command does, against a running `Service` (blocking: call off the feed loop)."""
 
@@ -161,6 +184,7 @@ class Commands:
             "vessel": self.vessel,
             "sources": self.sources,
             "near": self.near,
+            "track": self.track,
             "restart": self.restart,
             "help": self.help,
         }
@@ -221,6 +245,7 @@ class Commands:
             "vessel": {},
             "sources": {},
             "near": {},
+            "track": {},
             "restart": {name: {} for name in self.service.restartable},
             "help": {name: {} for name in COMMANDS},
         }
@@ -306,6 +331,22 @@ class Commands:
             "lon": lon,
             "km": km,
             "vessels": self.service.near(lat, lon, km, limit),
+        }
+
+    def track(self, args: list[str]) -> Any:
+        if len(args) not in (3, 4):
+            raise UsageError("expected MMSI FROM TO [LIMIT]")
+        mmsi = _integer(args[0], "MMSI", 0, 999_999_999)
+        try:
+            start, end = parse_time(args[1]), parse_time(args[2])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        limit = _integer(args[3], "LIMIT", 1, 100_000) if len(args) == 4 else 1000
+        return {
+            "mmsi": mmsi,
+            "from": start,
+            "to": end,
+            "positions": self.service.track(mmsi, start, end, limit),
         }
 
     def restart(self, args: list[str]) -> Any:

@@ -14,13 +14,12 @@ import logging
 import threading
 import time
 import urllib.parse
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aisfusion.control import NEAR_MAX_KM
+from aisfusion.control import NEAR_MAX_KM, parse_time
 
 if TYPE_CHECKING:
     from aisfusion.app import Service
@@ -125,8 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
                         self._json(404, {"error": f"vessel {mmsi} is not known"})
                         return
                 case ["vessels", mmsi, "track"]:
-                    end = _time(query.get("to")) if "to" in query else time.time()
-                    start = _time(query["from"]) if "from" in query else end - TRACK_DEFAULT_S
+                    end = parse_time(query.get("to")) if "to" in query else time.time()
+                    start = parse_time(query["from"]) if "from" in query else end - TRACK_DEFAULT_S
                     limit = int(_number(query, "limit", 1, TRACK_MAX, default=TRACK_MAX))
                     positions = service.track(_mmsi(mmsi), start, end, limit + 1)
                     body = {
@@ -185,23 +184,6 @@ def _mmsi(text: str) -> int:
     if not text.isdigit() or int(text) > 999_999_999:
         raise ValueError(f"not an MMSI: {text!r}")
     return int(text)
-
-
-def _time(text: str | None) -> float:
-    """UNIX seconds, or an ISO 8601 time (UTC unless it names an offset)."""
-    if not text:
-        raise ValueError("empty time")
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"not a time (UNIX seconds or ISO 8601): {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
 
 
 class _Server(ThreadingHTTPServer):

@@ -380,6 +380,29 @@ def render_near(data: dict[str, Any]) -> str:
     return head + "\n" + table(["MMSI", "KM", "LAT", "LON", "SOG", "COG", "TIME", "SOURCE"], rows)
 
 
+def render_track(data: dict[str, Any]) -> str:
+    positions = data["positions"]
+    head = (
+        f"{len(positions)} stored positions of {data['mmsi']} from {timestamp(data['from'])} "
+        f"to {timestamp(data['to'])}"
+    )
+    if not positions:
+        return head
+    rows = [
+        [
+            timestamp(p["ts"]),
+            f"{p['lat']:.5f}",
+            f"{p['lon']:.5f}",
+            p.get("sog"),
+            p.get("cog"),
+            p.get("msg_type"),
+            f"{p['source']}/{p['station']}" if p.get("station") else p["source"],
+        ]
+        for p in positions
+    ]
+    return head + "\n" + table(["TIME", "LAT", "LON", "SOG", "COG", "TYPE", "SOURCE"], rows)
+
+
 def render_restart(data: dict[str, Any]) -> str:
     return (
         f"restarted {data['name']}: {data['state']}, mailbox {cell(data.get('mailbox'))}, "
@@ -405,6 +428,7 @@ RENDERERS: dict[str, Callable[[Any], str]] = {
     "vessel": render_vessel,
     "sources": render_sources,
     "near": render_near,
+    "track": render_track,
     "restart": render_restart,
     "help": render_help,
 }

@@ -277,6 +277,13 @@ def test_vessel_sources_and_near(service: Running) -> None:
     assert near.startswith("1 vessels within 0.05 km of 59.9 10.7")
     assert re.search(r"^257300000 +0\.000 +59\.9 +10\.7", near, re.M), near
 
+    now = time.time()
+    track = f"track 257300007 {now - 3600:.0f} {now + 60:.0f}"
+    wait_for(lambda: "1 stored positions of 257300007" in ok(service, track), "the stored track")
+    assert re.search(r"59\.90700 +10\.70000 +4 +90 +1 +tcp", ok(service, track))
+    iso = ok(service, "track 257300007 2020-01-01T00:00 2020-01-02T00:00")
+    assert iso.startswith("0 stored positions of 257300007")
+
 
 def test_breakers_trip_divert_to_the_dlq_and_reset_drains_it(service: Running) -> None:
     assert re.search(r"^postgres +closed", ok(service, "breakers"), re.M)
@@ -321,6 +328,7 @@ def test_bad_commands_fail_with_their_usage(service: Running) -> None:
         ("bogus", "unknown command 'bogus'"),
         ("vessel abc", "MMSI must be a whole number, got 'abc'\nusage: vessel MMSI"),
         ("near 95 10 5", "LAT must be within -90..90"),
+        ("track 1 yesterday 2", "not a time (UNIX seconds or ISO 8601): 'yesterday'"),
         ("restart shard-0", "'shard-0' is not a supervised actor"),
         ("breakers trip nosuch", "no breaker 'nosuch'"),
         ("dlq peek lots", "N must be a whole number"),
