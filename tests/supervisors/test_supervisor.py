@@ -159,3 +159,26 @@ def test_operator_restart() -> None:
     assert sup.ask(RestartChild("a"))
     assert Worker.starts["a"] == 2
     assert tree(sup)["a"]["state"] == "running"
+
+
+class Resending(Supervisor):
+    """Records when the supervisor asks itself to resend what a child lost."""
+
+    restarted: list[str] = []  # noqa: RUF012 - shared test bookkeeping
+
+    def on_child_restarted(self, name: str) -> None:
+        Resending.restarted.append(name)
+
+
+def test_every_restart_asks_to_resend_what_the_child_lost() -> None:
+    Resending.restarted = []
+    clock, escalations = Clock(), []
+    specs = [ChildSpec("a", lambda sup: Worker.start("a", sup))]
+    policy = RestartPolicy(max_restarts=3, backoff_min_s=0.1)
+    sup = Resending.start("sup", policy, specs, escalations.append, Metrics(), clock)
+    crash(sup, "a")
+    tick(sup)
+    clock.now += 1
+    tick(sup)  # restarted after a crash
+    assert sup.ask(RestartChild("a"))  # restarted by an operator
+    assert Resending.restarted == ["a", "a"]
