@@ -21,8 +21,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from tests.debian import extract_packages
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = REPO / ".venv" / "pgbouncer"
@@ -53,34 +54,7 @@ def environment(binary: Path) -> dict[str, str]:
 
 def install() -> Path:
     """Extract PgBouncer and c-ares from Debian's packages into .venv/pgbouncer."""
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise RuntimeError("not a Debian-like machine (no apt-get/dpkg-deb) and no pgbouncer found")
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        os.chmod(workdir, 0o755)  # apt's download user writes here
-
-        def download() -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                ["apt-get", "download", *PACKAGES],
-                cwd=workdir,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-
-        result = download()
-        if result.returncode != 0 and os.geteuid() == 0:
-            # A fresh machine has no package lists yet.
-            subprocess.run(["apt-get", "update"], capture_output=True, check=False)
-            result = download()
-        if result.returncode != 0:
-            raise RuntimeError(f"apt-get download {' '.join(PACKAGES)} failed:\n{result.stderr}")
-        partial = ROOT.with_name(ROOT.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        for deb in sorted(workdir.glob("*.deb")):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(partial)], check=True)
-        shutil.rmtree(ROOT, ignore_errors=True)
-        partial.replace(ROOT)
+    extract_packages(PACKAGES, ROOT)
     if not BINARY.is_file():
         raise RuntimeError(f"the pgbouncer package had no {BINARY.relative_to(ROOT)}")
     return BINARY
