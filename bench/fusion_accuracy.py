@@ -26,23 +26,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
-import msgspec
 import uvloop
+from benchservice import embedded_service, sample
 
 from aisfusion.actors.fusion import distance_m
-from aisfusion.app import Service
-from aisfusion.config import Config
 from aisfusion.receivers import Delivery, Fault, Network, Receiver
 from aisfusion.simulator import Fleet
 
@@ -103,30 +96,8 @@ def simulate(args: argparse.Namespace, mode: str) -> tuple[Fleet, list[Segment]]
     return fleet, segments
 
 
-def sample(service: Service, name: str, labels: dict[str, str] | None = None) -> float:
-    return service.metrics.registry.get_sample_value(name, labels or {}) or 0.0
-
-
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if values else math.nan
-
-
-@contextmanager
-def bench_config() -> Iterator[Config]:
-    with tempfile.TemporaryDirectory(prefix="aisf-fusion-") as tmp:
-        raw = msgspec.to_builtins(Config())
-        raw["feed"].update(host="127.0.0.1", port=0)
-        raw["metrics"]["port"] = 0
-        raw["embedded"]["data_dir"] = tmp
-        raw["spool"]["dir"] = str(Path(tmp) / "spool")
-        raw["log"]["level"] = "WARNING"
-        try:
-            yield msgspec.convert(raw, Config)
-        finally:
-            # As root the embedded PostgreSQL data may have been placed outside `tmp`.
-            location = Path(tmp) / "postgres.location"
-            if location.exists():
-                shutil.rmtree(location.read_text().strip(), ignore_errors=True)
 
 
 async def run_mode(args: argparse.Namespace, mode: str) -> dict[str, Any]:
@@ -140,49 +111,45 @@ async def run_mode(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     base = Baselines()
     demoted: dict[str, Any] | None = None
     bad_source = ""
-    with bench_config() as config:
-        service = Service(config)
-        await service.start()
-        try:
-            source = config.feed.source
-            bad_source = f"{source}/rx-bad"
-            _, writer = await asyncio.open_connection("127.0.0.1", service.feed_port)
-            sent = 0
-            for seg in segments:
-                payload = "".join(line + "\r\n" for d in seg.deliveries for line in d.lines)
-                writer.write(payload.encode())
-                await writer.drain()
-                sent += sum(len(d.lines) for d in seg.deliveries)
-                while sample(service, "aisfusion_feed_lines_total", {"source": source}) < sent:
-                    await asyncio.sleep(0.005)
-                await service.drain()
-                for d in seg.deliveries:
-                    base.feed(d)
-                mmsis = sorted(seg.truth)
-                redis = service.redis
-                assert redis is not None
-                live = await asyncio.wrap_future(service.bridge.submit(redis.live_records(mmsis)))
-                for mmsi, (tlat, tlon) in seg.truth.items():
-                    record = live.get(mmsi)
-                    if record is None or mmsi not in base.latest:
-                        continue
-                    errors["fused"].append(
-                        distance_m(float(record["lat"]), float(record["lon"]), tlat, tlon)
-                    )
-                    errors["latest"].append(distance_m(*base.latest[mmsi], tlat, tlon))
-                    errors["newest"].append(distance_m(*base.newest[mmsi][1:], tlat, tlon))
-                    errors["ideal"].append(distance_m(*base.ideal[mmsi][1:], tlat, tlon))
-                if demoted is None:
-                    status = await asyncio.get_running_loop().run_in_executor(None, service.status)
-                    for row in status["sources"]:
-                        if row["source"] == bad_source and row["demoted"]:
-                            demoted = row
-            writer.close()
-            await writer.wait_closed()
-            status = await asyncio.get_running_loop().run_in_executor(None, service.status)
-            table = status["sources"]
-        finally:
-            await service.stop()
+    async with embedded_service("aisf-fusion-") as service:
+        config = service.config
+        source = config.feed.source
+        bad_source = f"{source}/rx-bad"
+        _, writer = await asyncio.open_connection("127.0.0.1", service.feed_port)
+        sent = 0
+        for seg in segments:
+            payload = "".join(line + "\r\n" for d in seg.deliveries for line in d.lines)
+            writer.write(payload.encode())
+            await writer.drain()
+            sent += sum(len(d.lines) for d in seg.deliveries)
+            while sample(service, "aisfusion_feed_lines_total", {"source": source}) < sent:
+                await asyncio.sleep(0.005)
+            await service.drain()
+            for d in seg.deliveries:
+                base.feed(d)
+            mmsis = sorted(seg.truth)
+            redis = service.redis
+            assert redis is not None
+            live = await asyncio.wrap_future(service.bridge.submit(redis.live_records(mmsis)))
+            for mmsi, (tlat, tlon) in seg.truth.items():
+                record = live.get(mmsi)
+                if record is None or mmsi not in base.latest:
+                    continue
+                errors["fused"].append(
+                    distance_m(float(record["lat"]), float(record["lon"]), tlat, tlon)
+                )
+                errors["latest"].append(distance_m(*base.latest[mmsi], tlat, tlon))
+                errors["newest"].append(distance_m(*base.newest[mmsi][1:], tlat, tlon))
+                errors["ideal"].append(distance_m(*base.ideal[mmsi][1:], tlat, tlon))
+            if demoted is None:
+                status = await asyncio.get_running_loop().run_in_executor(None, service.status)
+                for row in status["sources"]:
+                    if row["source"] == bad_source and row["demoted"]:
+                        demoted = row
+        writer.close()
+        await writer.wait_closed()
+        status = await asyncio.get_running_loop().run_in_executor(None, service.status)
+        table = status["sources"]
     print(f"{'rule':24s} {'median m':>10s} {'p95 m':>10s} {'mean m':>10s}  samples")
     names = {
         "fused": "aisfusion (fused)",

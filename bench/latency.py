@@ -21,20 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import uvloop
+from benchservice import embedded_service
 
-from aisfusion.app import Service
-from aisfusion.config import Config
 from aisfusion.simulator import Fleet, tag_block
 
 TICK_S = 0.005
@@ -94,22 +89,11 @@ async def main(args: argparse.Namespace) -> None:
     feed = simulated(total, args.vessels, args.seed)
     print(f"generated {len(feed):,} lines in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
-    with tempfile.TemporaryDirectory(prefix="aisf-bench-") as tmp:
-        raw = msgspec.to_builtins(Config())
-        raw["feed"].update(host="127.0.0.1", port=0)
-        raw["metrics"]["port"] = 0
-        raw["embedded"]["data_dir"] = tmp
-        raw["spool"]["dir"] = str(Path(tmp) / "spool")
-        raw["control"]["socket"] = ""
-        raw["actors"]["shards"] = args.shards
-        # The simulated clock starts an hour back: accept its tag-block times.
-        raw["actors"]["max_lateness_s"] = 1e10
-        raw["log"]["level"] = "WARNING"
-        if args.redis_flush is not None:
-            raw["redis"]["flush_interval_s"] = args.redis_flush
-        service = Service(msgspec.convert(raw, Config))
-        await service.start()
-
+    redis = {} if args.redis_flush is None else {"flush_interval_s": args.redis_flush}
+    # The simulated clock starts an hour back: accept its tag-block times.
+    async with embedded_service(
+        "aisf-bench-", actors={"shards": args.shards, "max_lateness_s": 1e10}, redis=redis
+    ) as service:
         # Keep every latency the service observes (the histogram only keeps buckets).
         observed: dict[str, list[tuple[float, float]]] = {"redis": [], "postgres": []}
         stored = service.metrics.stored
@@ -120,41 +104,33 @@ async def main(args: argparse.Namespace) -> None:
             stored(store, positions)
 
         service.metrics.stored = keep  # type: ignore[method-assign]
-        try:
-            conns = [await asyncio.open_connection("127.0.0.1", service.feed_port) for _ in "ab"]
-            writers = [w for _, w in conns]
-            flush = service.config.redis.flush_interval_s
-            print(
-                f"shards {args.shards}, 2 connections, {args.vessels} vessels, redis flush ", end=""
-            )
-            print(f"every {flush:g} s; first {args.warmup:g} s of each rate left out")
-            print("latency in ms (positions observed)")
-            print("rate/s    sent/s   | -> redis   p50        p99        max")
-            print("                   | -> postgres")
-            offset = 0
-            for rate in rates:
-                chunk = feed[offset : offset + int(rate * args.seconds)]
-                offset += len(chunk)
-                start = time.time()
-                achieved = await paced(writers, chunk, rate)
-                await service.drain()
-                skip = start + args.warmup
-                redis = [lat for arrival, lat in observed["redis"] if arrival >= skip]
-                pg = [lat for arrival, lat in observed["postgres"] if arrival >= skip]
-                print(f"{rate:7,.0f}  {achieved:8,.0f}   | redis    {percentiles(redis)}")
-                print(f"                   | postgres {percentiles(pg)}")
-                if redis:
-                    print(f"                   | redis mean {statistics.fmean(redis) * 1e3:.1f} ms")
-                for values in observed.values():
-                    values.clear()
-            for writer in writers:
-                writer.close()
-                await writer.wait_closed()
-        finally:
-            await service.stop()
-            location = Path(tmp) / "postgres.location"
-            if location.exists():
-                shutil.rmtree(location.read_text().strip(), ignore_errors=True)
+        conns = [await asyncio.open_connection("127.0.0.1", service.feed_port) for _ in "ab"]
+        writers = [w for _, w in conns]
+        flush = service.config.redis.flush_interval_s
+        print(f"shards {args.shards}, 2 connections, {args.vessels} vessels, redis flush ", end="")
+        print(f"every {flush:g} s; first {args.warmup:g} s of each rate left out")
+        print("latency in ms (positions observed)")
+        print("rate/s    sent/s   | -> redis   p50        p99        max")
+        print("                   | -> postgres")
+        offset = 0
+        for rate in rates:
+            chunk = feed[offset : offset + int(rate * args.seconds)]
+            offset += len(chunk)
+            start = time.time()
+            achieved = await paced(writers, chunk, rate)
+            await service.drain()
+            skip = start + args.warmup
+            redis = [lat for arrival, lat in observed["redis"] if arrival >= skip]
+            pg = [lat for arrival, lat in observed["postgres"] if arrival >= skip]
+            print(f"{rate:7,.0f}  {achieved:8,.0f}   | redis    {percentiles(redis)}")
+            print(f"                   | postgres {percentiles(pg)}")
+            if redis:
+                print(f"                   | redis mean {statistics.fmean(redis) * 1e3:.1f} ms")
+            for values in observed.values():
+                values.clear()
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 import asyncpg
 import msgspec
 import uvloop
+from benchservice import sample
 
 from aisfusion import logs
 from aisfusion.app import Service
@@ -50,10 +51,6 @@ def rss_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def sample(service: Service, name: str, labels: dict[str, str] | None = None) -> float:
-    return service.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
 
 async def chaos(servers: EmbeddedServers, minutes: float, log: list[str]) -> None:

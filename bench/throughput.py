@@ -19,18 +19,14 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import msgspec
 import uvloop
+from benchservice import embedded_service, sample
 
-from aisfusion.app import Service
-from aisfusion.config import Config
 from aisfusion.simulator import Fleet, tag_block
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -68,10 +64,6 @@ def postgres_pids(postmaster: int) -> list[int]:
     return [postmaster, *(int(p) for p in out.stdout.split())]
 
 
-def sample(service: Service, name: str, labels: dict[str, str] | None = None) -> float:
-    return service.metrics.registry.get_sample_value(name, labels or {}) or 0.0
-
-
 async def send(port: int, payload: bytes) -> None:
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     view = memoryview(payload)
@@ -96,72 +88,57 @@ async def main(args: argparse.Namespace) -> None:
     lines = [line for chunk in chunks for line in chunk]
     payloads = [("\r\n".join(c) + "\r\n").encode("latin-1") for c in chunks]
 
-    with tempfile.TemporaryDirectory(prefix="aisf-bench-") as tmp:
-        raw = msgspec.to_builtins(Config())
-        raw["feed"].update(host="127.0.0.1", port=0)
-        raw["metrics"]["port"] = 0
-        raw["embedded"]["data_dir"] = tmp
-        raw["spool"]["dir"] = str(Path(tmp) / "spool")
-        raw["actors"]["shards"] = args.shards
-        # Recorded files carry old tag-block times; accept them for the measurement.
-        raw["actors"]["max_lateness_s"] = 1e10
-        raw["log"]["level"] = "WARNING"
-        service = Service(msgspec.convert(raw, Config))
-        await service.start()
-        try:
-            emb = service.embedded
-            assert emb is not None
-            assert emb.postgres_pid is not None
-            assert emb.redis_pid is not None
-            pg_pids = postgres_pids(emb.postgres_pid)
-            cpu0 = (time.process_time(), proc_cpu(pg_pids), proc_cpu([emb.redis_pid]))
-            t0 = time.perf_counter()
-            await asyncio.gather(*(send(service.feed_port, p) for p in payloads))
-            t_sent = time.perf_counter()
-            source = service.config.feed.source
-            while sample(service, "aisfusion_feed_lines_total", {"source": source}) < len(lines):
-                await asyncio.sleep(0.005)
-            t_read = time.perf_counter()
-            await service.drain()
-            t_done = time.perf_counter()
-            pg_pids = postgres_pids(emb.postgres_pid)
-            cpu1 = (time.process_time(), proc_cpu(pg_pids), proc_cpu([emb.redis_pid]))
+    # Recorded files carry old tag-block times; accept them for the measurement.
+    async with embedded_service(
+        "aisf-bench-", actors={"shards": args.shards, "max_lateness_s": 1e10}
+    ) as service:
+        emb = service.embedded
+        assert emb is not None
+        assert emb.postgres_pid is not None
+        assert emb.redis_pid is not None
+        pg_pids = postgres_pids(emb.postgres_pid)
+        cpu0 = (time.process_time(), proc_cpu(pg_pids), proc_cpu([emb.redis_pid]))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(send(service.feed_port, p) for p in payloads))
+        t_sent = time.perf_counter()
+        source = service.config.feed.source
+        while sample(service, "aisfusion_feed_lines_total", {"source": source}) < len(lines):
+            await asyncio.sleep(0.005)
+        t_read = time.perf_counter()
+        await service.drain()
+        t_done = time.perf_counter()
+        pg_pids = postgres_pids(emb.postgres_pid)
+        cpu1 = (time.process_time(), proc_cpu(pg_pids), proc_cpu([emb.redis_pid]))
 
-            messages = sample(service, "aisfusion_feed_messages_total", {"source": source})
-            decisions = sample(service, "aisfusion_decisions_total")
-            assert service.postgres is not None
-            rows = await asyncio.wrap_future(
-                service.bridge.submit(service.postgres.fetchval("SELECT count(*) FROM positions"))
-            )
-            elapsed = t_done - t0
-            print(f"input: {label}; {len(lines)} lines, {int(messages)} messages")
-            print(f"shards {args.shards}, connections {len(payloads)}")
-            print(f"sent in {t_sent - t0:.2f} s, read in {t_read - t0:.2f} s, ", end="")
-            print(f"all stored in {elapsed:.2f} s")
-            print(f"THROUGHPUT socket -> postgres+redis: {messages / elapsed:,.0f} messages/s")
-            print(f"positions decided {int(decisions)}, rows in postgres {rows}")
-            stages = {}
-            for fam in service.metrics.registry.collect():
-                if fam.name == "aisfusion_stage_seconds":
-                    for s in fam.samples:
-                        if s.name.endswith("_total"):
-                            stages[s.labels["stage"]] = s.value
-            print("stage time (s, summed over threads):")
-            for stage, secs in sorted(stages.items(), key=lambda kv: -kv[1]):
-                print(f"  {stage:10s} {secs:7.2f}  ({secs / elapsed * 100:5.1f} % of wall)")
-            print("CPU seconds:")
-            print(f"  service    {cpu1[0] - cpu0[0]:7.2f}")
-            print(f"  postgres   {cpu1[1] - cpu0[1]:7.2f}")
-            print(f"  valkey     {cpu1[2] - cpu0[2]:7.2f}")
-            if rows != decisions:
-                print(f"MISMATCH: {decisions} decided but {rows} rows stored", file=sys.stderr)
-                sys.exit(1)
-        finally:
-            await service.stop()
-            # As root the embedded PostgreSQL data may have been placed outside `tmp`.
-            location = Path(tmp) / "postgres.location"
-            if location.exists():
-                shutil.rmtree(location.read_text().strip(), ignore_errors=True)
+        messages = sample(service, "aisfusion_feed_messages_total", {"source": source})
+        decisions = sample(service, "aisfusion_decisions_total")
+        assert service.postgres is not None
+        rows = await asyncio.wrap_future(
+            service.bridge.submit(service.postgres.fetchval("SELECT count(*) FROM positions"))
+        )
+        elapsed = t_done - t0
+        print(f"input: {label}; {len(lines)} lines, {int(messages)} messages")
+        print(f"shards {args.shards}, connections {len(payloads)}")
+        print(f"sent in {t_sent - t0:.2f} s, read in {t_read - t0:.2f} s, ", end="")
+        print(f"all stored in {elapsed:.2f} s")
+        print(f"THROUGHPUT socket -> postgres+redis: {messages / elapsed:,.0f} messages/s")
+        print(f"positions decided {int(decisions)}, rows in postgres {rows}")
+        stages = {}
+        for fam in service.metrics.registry.collect():
+            if fam.name == "aisfusion_stage_seconds":
+                for s in fam.samples:
+                    if s.name.endswith("_total"):
+                        stages[s.labels["stage"]] = s.value
+        print("stage time (s, summed over threads):")
+        for stage, secs in sorted(stages.items(), key=lambda kv: -kv[1]):
+            print(f"  {stage:10s} {secs:7.2f}  ({secs / elapsed * 100:5.1f} % of wall)")
+        print("CPU seconds:")
+        print(f"  service    {cpu1[0] - cpu0[0]:7.2f}")
+        print(f"  postgres   {cpu1[1] - cpu0[1]:7.2f}")
+        print(f"  valkey     {cpu1[2] - cpu0[2]:7.2f}")
+        if rows != decisions:
+            print(f"MISMATCH: {decisions} decided but {rows} rows stored", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":
