@@ -62,6 +62,14 @@ class Tally:
     soft_deleted: int = 0
     first_error: str = ""
 
+    def failed(self, exc: Exception) -> None:
+        """Count a failed statement: a deadlock, or another error (the first one kept)."""
+        if is_deadlock(exc):
+            self.deadlocks += 1
+        else:
+            self.errors += 1
+            self.first_error = self.first_error or repr(exc)
+
 
 def make_batch(rng: random.Random, batch_id: int, vessels: int, size: int) -> HistoryBatch:
     mmsis = rng.sample(range(200_000_000, 200_000_000 + vessels), size)  # shuffled order
@@ -116,11 +124,7 @@ async def writer(
             else:
                 inserted = await store.write(batch)
         except Exception as exc:
-            if is_deadlock(exc):
-                tally.deadlocks += 1
-            else:
-                tally.errors += 1
-                tally.first_error = tally.first_error or repr(exc)
+            tally.failed(exc)
             continue
         tally.batches += 1
         tally.positions += len(batch.positions)
@@ -135,11 +139,7 @@ async def soft_deleter(store: PostgresStore, deadline: float, tally: Tally) -> N
         try:
             tally.soft_deleted += await store.soft_delete_inactive(T0 + 3600 * 24, time.time())
         except Exception as exc:
-            if is_deadlock(exc):
-                tally.deadlocks += 1
-            else:
-                tally.errors += 1
-                tally.first_error = tally.first_error or repr(exc)
+            tally.failed(exc)
         await asyncio.sleep(0.05)
 
 
