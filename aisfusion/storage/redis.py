@@ -36,9 +36,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aisfusion.errors import PermanentStorageError, TransientStorageError
 from aisfusion.messages import Position
-from aisfusion.storage import geocells
+from aisfusion.storage import geocells, resp
 from aisfusion.storage.geocells import GEO_LAT_LIMIT
 from aisfusion.storage.redis_layout import LAYOUTS, Layout, layout
+from aisfusion.storage.resp import Arg, Command
 
 __all__ = ["GEO_LAT_LIMIT", "RedisStore", "cluster_url"]
 
@@ -180,6 +181,17 @@ class RedisStore:
             await self._client.aclose()
             self._client = None
 
+    async def _execute(self, commands: list[Command]) -> list[Any]:
+        """Replies to `commands` in order, error replies in place: hand-packed on one
+        connection to a single server, through redis-py's pipeline (routing by slot) to a
+        cluster."""
+        if not self.cluster:
+            return await resp.execute(self.client, commands)
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
+
     def status(self) -> dict[str, Any]:
         """What the store runs on, for /status."""
         return {
@@ -203,13 +215,11 @@ class RedisStore:
                 await self._pin_layout(write=True)
             if deg:
                 await self._learn_cells([p.mmsi for p in positions if p.mmsi not in self._cells])
-            pipe = self.client.pipeline(transaction=False)
-            geo: dict[str, list[Any]] = {}
+            geo: dict[str, list[Arg]] = {}
             gone: dict[str, list[int]] = {}
-            seen: dict[str, float] = {}
+            seen: list[Arg] = ["ZADD", self.key("seen")]
             moved: dict[int, str | None] = {}  # the cells, remembered once written
             for p in positions:
-                layout.write(pipe, self.key("vessel", p.mmsi), p)
                 where = geocells.cell(p.lat, p.lon, deg)
                 if where is not None:
                     geo.setdefault(where, []).extend((p.lon, p.lat, p.mmsi))
@@ -220,13 +230,15 @@ class RedisStore:
                     moved[p.mmsi] = where
                 elif where is None:
                     gone.setdefault("geo", []).append(p.mmsi)
-                seen[str(p.mmsi)] = p.ts
-            for where, members in gone.items():
-                pipe.zrem(self.key(where), *members)
-            for where, values in geo.items():
-                pipe.geoadd(self.key(where), values)
-            pipe.zadd(self.key("seen"), seen)
-            await pipe.execute()
+                seen += (p.ts, p.mmsi)
+            record = self.key("vessel", "")
+            commands = layout.writes(
+                [(f"{record}{p.mmsi}", p) for p in positions], cluster=self.cluster
+            )
+            commands += [("ZREM", self.key(where), *members) for where, members in gone.items()]
+            commands += [("GEOADD", self.key(where), *values) for where, values in geo.items()]
+            commands.append(seen)
+            resp.raise_errors(await self._execute(commands))
             self._cells.update(moved)
         except RedisError as exc:
             raise _wrap(exc, f"write {len(positions)} live records") from exc
@@ -275,20 +287,18 @@ class RedisStore:
             raise _wrap(exc, "remove inactive vessels") from exc
 
     async def _remove(self, mmsis: list[int], records: dict[int, dict[str, str]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
         by_cell: dict[str, list[int]] = {}
+        # One DEL per key: in a cluster the records live in different slots.
+        commands: list[Command] = [("DEL", self.key("vessel", mmsi)) for mmsi in mmsis]
         for mmsi in mmsis:
             where = self._cells.pop(mmsi, _UNKNOWN) if self.geo_cell_deg else "geo"
             if where == _UNKNOWN:
                 where = self._cell_of(records.get(mmsi))
             if where is not None:
                 by_cell.setdefault(where, []).append(mmsi)
-            # One DEL per key: in a cluster the records live in different slots.
-            pipe.delete(self.key("vessel", mmsi))
-        for where, members in by_cell.items():
-            pipe.zrem(self.key(where), *members)
-        pipe.zrem(self.key("seen"), *(str(m) for m in mmsis))
-        await pipe.execute()
+        commands += [("ZREM", self.key(where), *members) for where, members in by_cell.items()]
+        commands.append(("ZREM", self.key("seen"), *mmsis))
+        resp.raise_errors(await self._execute(commands))
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -315,19 +325,10 @@ class RedisStore:
     async def _read(self, keys: Iterable[str]) -> list[dict[str, str] | None]:
         """Records at `keys` in order; None where missing or not a record of this layout."""
         layout = self.layout
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            layout.read(pipe, key)
-        # A key of another type (WRONGTYPE) reads as missing rather than failing the lot.
-        replies = await pipe.execute(raise_on_error=False)
         out: list[dict[str, str] | None] = []
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                out.append(None)
-            elif isinstance(reply, Exception):
-                raise reply
-            else:
-                out.append(layout.decode(reply))
+        for reply in await self._execute([layout.read(key) for key in keys]):
+            # A key of another type (WRONGTYPE) reads as missing rather than failing the lot.
+            out.append(None if isinstance(reply, ResponseError) else layout.decode(reply))
         return out
 
     async def live_records(self, mmsis: list[int]) -> dict[int, dict[str, str]]:

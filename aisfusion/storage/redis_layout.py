@@ -20,11 +20,13 @@ the view the rest of the service uses (`actors.shard.position_from_record`, the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
 
 from aisfusion.messages import Position
+from aisfusion.storage.resp import Arg, Command
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,15 @@ _json_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class Layout(Protocol):
-    """How records are written to and read from a pipeline."""
+    """The commands that write and read records (sent by `RedisStore`, packed or pipelined)."""
 
     name: str
 
-    def write(self, pipe: Any, key: str, p: Position) -> None: ...
+    def writes(self, records: Sequence[tuple[str, Position]], *, cluster: bool) -> list[Command]:
+        """Commands writing each (key, position); in a cluster, one key per command."""
+        ...
 
-    def read(self, pipe: Any, key: str) -> None: ...
+    def read(self, key: str) -> Command: ...
 
     def decode(self, reply: Any) -> dict[str, str] | None: ...
 
@@ -143,11 +147,16 @@ def from_document(text: bytes | str) -> dict[str, str] | None:
 class CompactLayout:
     name = "compact"
 
-    def write(self, pipe: Any, key: str, p: Position) -> None:
-        pipe.set(key, pack(p))
+    def writes(self, records: Sequence[tuple[str, Position]], *, cluster: bool) -> list[Command]:
+        if cluster:  # keys hash to different slots: one SET each
+            return [("SET", key, pack(p)) for key, p in records]
+        mset: list[Arg] = ["MSET"]
+        for key, p in records:
+            mset += (key, pack(p))
+        return [mset]
 
-    def read(self, pipe: Any, key: str) -> None:
-        pipe.get(key)
+    def read(self, key: str) -> Command:
+        return ("GET", key)
 
     def decode(self, reply: Any) -> dict[str, str] | None:
         return unpack(reply) if isinstance(reply, bytes) else None
@@ -156,11 +165,12 @@ class CompactLayout:
 class JsonLayout:
     name = "json"
 
-    def write(self, pipe: Any, key: str, p: Position) -> None:
-        pipe.execute_command("JSON.SET", key, "$", document(p))
+    def writes(self, records: Sequence[tuple[str, Position]], *, cluster: bool) -> list[Command]:
+        # One JSON.SET per key: JSON.MSET is not in every JSON module version.
+        return [("JSON.SET", key, "$", document(p)) for key, p in records]
 
-    def read(self, pipe: Any, key: str) -> None:
-        pipe.execute_command("JSON.GET", key)
+    def read(self, key: str) -> Command:
+        return ("JSON.GET", key)
 
     def decode(self, reply: Any) -> dict[str, str] | None:
         return from_document(reply) if isinstance(reply, bytes | str) else None
