@@ -28,6 +28,7 @@ from aisfusion.actors.sources import SourcesActor, SourceTable, WeightBoard
 from aisfusion.config import Config
 from aisfusion.control import NEAR_MAX_KM, ControlServer
 from aisfusion.feeds.manager import FeedSet
+from aisfusion.heap import CollectorPolicy
 from aisfusion.httpd import MetricsServer
 from aisfusion.messages import Flush, Tick
 from aisfusion.metrics import Metrics
@@ -112,6 +113,7 @@ class Service:
         self.failed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: Ticker | None = None
+        self._gc: CollectorPolicy | None = None
         self._feed: FeedSet | None = None
         self._http: MetricsServer | None = None
         self._control: ControlServer | None = None
@@ -242,7 +244,8 @@ class Service:
             )
             for i in range(cfg.actors.shards)
         ]
-        tick = min(cfg.batcher.flush_interval_s, cfg.redis.flush_interval_s) / 2
+        # The live writer needs ticks only to retry and to honour its spacing.
+        tick = min(cfg.batcher.flush_interval_s, max(0.01, cfg.redis.flush_interval_s)) / 2
         self._ticker = Ticker(max(0.005, min(tick, 0.25)), [self.batcher, self.storage, live])
         self._ticker.start()
         log.info("supervision tree:\n%s", self.tree_text())
@@ -255,6 +258,8 @@ class Service:
             control = ControlServer(cfg.control.socket, self)
             if control.start():
                 self._control = control
+        self._gc = CollectorPolicy(cfg.runtime.gc_interval_s, m)
+        self._gc.start()  # last: what was built so far lives for the whole run (frozen)
         self.started_at = time.time()
         log.info(
             "aisfusion started: feed %s:%d, metrics http://%s:%d/metrics, %d shards",
@@ -297,6 +302,9 @@ class Service:
 
     async def stop(self, *, drain: bool = True) -> None:
         """Stop everything in reverse start order; idempotent."""
+        if self._gc is not None:
+            self._gc.stop()
+            self._gc = None
         if self._control is not None:
             self._control.stop()
             self._control = None

@@ -160,7 +160,9 @@ class RedisConfig(_Section, frozen=True):
     key_prefix: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")] = (
         "aisfusion:"
     )
-    flush_interval_s: PositiveFloat = 0.05
+    # Live records are written as soon as the previous write returned (conflated per vessel
+    # meanwhile); this spaces the starts of two writes (0: no spacing).
+    flush_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # Live record layout: compact (one packed string per vessel, any Redis or Valkey), json
     # (a JSON document; needs the JSON module), auto (json when the server has the module).
     layout: Literal["auto", "compact", "json"] = "auto"
@@ -237,6 +239,12 @@ class SpoolConfig(_Section, frozen=True):
     fsync: Literal["always", "batch", "never"] = "always"
 
 
+class RuntimeConfig(_Section, frozen=True):
+    # Full garbage collections run on this timer instead of CPython's own trigger (heap.py);
+    # 0 keeps CPython's policy.
+    gc_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     feed: FeedConfig = msgspec.field(default_factory=FeedConfig)
     actors: ActorsConfig = msgspec.field(default_factory=ActorsConfig)
@@ -254,6 +262,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     dlq: DlqConfig = msgspec.field(default_factory=DlqConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
+    runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
 
 
 _SECTIONS: dict[str, type[_Section]] = {f.name: f.type for f in msgspec.structs.fields(Config)}

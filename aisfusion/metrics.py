@@ -28,7 +28,8 @@ from aisfusion import __version__
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Socket read -> stored: milliseconds when healthy, minutes to hours when replayed from the DLQ.
 _LATENCY_BUCKETS = (
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
 )  # fmt: skip
 
 
@@ -350,6 +351,18 @@ class Metrics:
             {"version": __version__}
         )
         ProcessCollector(namespace="aisfusion", registry=r)  # CPU, memory, open fds
+        self.gc_full_seconds = Histogram(
+            "aisfusion_gc_full_collection_seconds",
+            "Duration of the timed full garbage collections (runtime.gc_interval_s); the GIL "
+            "is held throughout, so every thread waits this long",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.gc_full_collected = Counter(
+            "aisfusion_gc_full_collected_objects_total",
+            "Unreachable objects found by the timed full garbage collections",
+            registry=r,
+        )
         # Until the first write, "newest stored" is the start: lag counts from there.
         started = time.time()
         self._newest_stored = {"redis": started, "postgres": started}

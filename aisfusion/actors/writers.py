@@ -6,18 +6,22 @@ with a timeout so a stalled database cannot hold it forever.
 - The Postgres writer writes the batches its supervisor hands it and reports each outcome back
   (`BatchWritten` / `BatchFailed`); keeping, retrying and diverting batches is the
   supervisor's job. Rows the database rejects permanently are isolated row by row.
-- The live writer conflates positions per vessel and writes the latest of each every flush
-  interval; while Redis is down the conflated state waits (bounded by the number of vessels).
+- The live writer conflates positions per vessel and writes the latest of each as soon as the
+  previous write returned; while Redis is down the conflated state waits (bounded by the
+  number of vessels).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import msgspec
 import pykka
 
 from aisfusion.errors import PermanentStorageError, StorageError, TransientStorageError
@@ -101,8 +105,19 @@ class PostgresWriterActor(SupervisedActor):
                 raise TypeError(f"postgres writer: unexpected message {message!r}")
 
 
+class _Written(msgspec.Struct, frozen=True):
+    """A live write the writer started has ended (told from the storage loop)."""
+
+    future: concurrent.futures.Future[None]
+
+
 class LiveWriterActor(SupervisedActor):
-    """Conflates positions per vessel and writes the latest of each every flush interval."""
+    """Conflates positions per vessel and writes the latest of each as soon as Redis is free.
+
+    At most one write is in flight: positions that arrive meanwhile conflate, and the next
+    write starts when it returns (natural batching: small writes when quiet, large ones under
+    load, with no timer to wait for). `min_interval_s` spaces the starts of two writes.
+    """
 
     def __init__(
         self,
@@ -111,7 +126,7 @@ class LiveWriterActor(SupervisedActor):
         bridge: AsyncBridge,
         metrics: Metrics,
         breaker: CircuitBreaker,
-        flush_interval_s: float,
+        min_interval_s: float,
         timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -120,11 +135,13 @@ class LiveWriterActor(SupervisedActor):
         self._bridge = bridge
         self._metrics = metrics
         self._breaker = breaker
-        self._interval = flush_interval_s
+        self._interval = min_interval_s
         self._timeout = timeout_s
         self._clock = clock
         self._latest: dict[int, Position] = {}
-        self._last_flush = clock()
+        self._last_start = -math.inf
+        # The write in flight: its future, its positions and when it started.
+        self._inflight: tuple[concurrent.futures.Future[None], list[Position], float] | None = None
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -134,33 +151,83 @@ class LiveWriterActor(SupervisedActor):
                     old = latest.get(p.mmsi)
                     if old is None or p.ts > old.ts:
                         latest[p.mmsi] = p
+                self._start()
+                return None
+            case _Written(future=future):
+                if self._inflight is not None and self._inflight[0] is future:
+                    self._finish()
+                    self._start()
                 return None
             case Tick():
-                if self._latest and self._clock() - self._last_flush >= self._interval:
-                    self._write()
+                self._expire()
+                self._start()
                 return None
             case Flush():
-                self._write()
+                self._wait()
+                if self._start(now=True):
+                    self._wait()
                 return len(self._latest)
             case _:
                 raise TypeError(f"live writer: unexpected message {message!r}")
 
-    def _write(self) -> None:
-        self._last_flush = self._clock()
-        if not self._latest or not self._breaker.allow():
-            return
+    def _start(self, *, now: bool = False) -> bool:
+        """Start writing the conflated positions if due; True if a write started."""
+        if self._inflight is not None or not self._latest:
+            return False
+        started = self._clock()
+        if not now and started - self._last_start < self._interval:
+            return False  # a Tick starts it
+        if not self._breaker.allow():
+            return False
+        self._last_start = started
         batch = list(self._latest.values())
-        started = time.perf_counter()
-        m = self._metrics
-        try:
-            call(self._bridge, self._store.write_live(batch), self._timeout)
-        except StorageError as exc:
-            # The conflated state stays: a retry writes each vessel's latest position once.
-            self._breaker.failure(str(exc))
-            m.batch_flushes.labels("redis", "error").inc()
-            log.warning("live writer: %d records not written, will retry: %s", len(batch), exc)
+        future = self._bridge.submit(self._write(batch))
+        self._inflight = (future, batch, started)
+        ref = self.actor_ref
+
+        def written(done: concurrent.futures.Future[None]) -> None:
+            with contextlib.suppress(pykka.ActorDeadError):  # stopped or being restarted
+                ref.tell(_Written(done))
+
+        future.add_done_callback(written)
+        return True
+
+    async def _write(self, batch: list[Position]) -> None:
+        """On the storage loop: the latency is observed the moment Redis has the records."""
+        await self._store.write_live(batch)
+        self._metrics.stored("redis", batch)
+
+    def _expire(self) -> None:
+        """A write past its deadline is cancelled (its `_Written` follows, as a failure)."""
+        if self._inflight is not None and self._clock() - self._inflight[2] > self._timeout:
+            self._inflight[0].cancel()
+
+    def _wait(self) -> None:
+        """Block until the write in flight ends (for Flush), with the write deadline."""
+        if self._inflight is None:
             return
-        elapsed = time.perf_counter() - started
+        future, _, started = self._inflight
+        with contextlib.suppress(Exception):  # its outcome is read by _finish
+            future.result(max(0.0, started + self._timeout - self._clock()))
+        if not future.done():
+            future.cancel()
+        self._finish()
+
+    def _finish(self) -> None:
+        assert self._inflight is not None
+        future, batch, started = self._inflight
+        self._inflight = None
+        elapsed = self._clock() - started
+        m = self._metrics
+        error = f"timed out after {self._timeout:g} s" if future.cancelled() else future.exception()
+        if error is not None:
+            if not isinstance(error, StorageError | str):
+                raise error  # a bug, not an outage: crash and let the supervisor restart us
+            # The conflated state stays: a retry writes each vessel's latest position once.
+            self._breaker.failure(str(error))
+            m.batch_flushes.labels("redis", "error").inc()
+            log.warning("live writer: %d records not written, will retry: %s", len(batch), error)
+            return
         self._breaker.success()
         # Positions that arrived meanwhile are newer; drop only those just written.
         for p in batch:
@@ -170,4 +237,3 @@ class LiveWriterActor(SupervisedActor):
         m.batch_rows.labels("redis").inc(len(batch))
         m.batch_duration.labels("redis").observe(elapsed)
         m.stage_seconds.labels("redis").inc(elapsed)
-        m.stored("redis", batch)
