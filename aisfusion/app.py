@@ -100,8 +100,12 @@ class Service:
         self.metrics = metrics if metrics is not None else Metrics()
         self.embedded: EmbeddedServers | None = None
         self.bridge = AsyncBridge()
+        # The live writes (and the shards' rehydration reads) get a loop and a Redis client of
+        # their own, so they never queue behind a Postgres COPY on the storage loop.
+        self.live_bridge = AsyncBridge("live-loop")
         self.postgres: PostgresStore | None = None
         self.redis: RedisStore | None = None
+        self.live: RedisStore | None = None
         self.shards: list[pykka.ActorRef[Any]] = []
         self.sources: pykka.ActorRef[Any] | None = None
         self.batcher: pykka.ActorRef[Any] | None = None
@@ -164,6 +168,12 @@ class Service:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.failed.set)
 
+    def _redis_store(self, url: str) -> RedisStore:
+        r = self.config.redis
+        return RedisStore(
+            url, r.key_prefix, layout=r.layout, cluster=r.cluster, geo_cell_deg=r.geo_cell_deg
+        )
+
     async def _start(self) -> None:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
@@ -187,16 +197,13 @@ class Service:
         self.postgres = PostgresStore(
             pg_url, cfg.postgres, partition_days=cfg.retention.partition_days
         )
-        self.redis = RedisStore(
-            redis_url,
-            cfg.redis.key_prefix,
-            layout=cfg.redis.layout,
-            cluster=cfg.redis.cluster,
-            geo_cell_deg=cfg.redis.geo_cell_deg,
-        )
+        self.redis = self._redis_store(redis_url)
         await asyncio.wrap_future(self.bridge.submit(self.postgres.connect()))
         await asyncio.wrap_future(self.bridge.submit(self.postgres.migrate()))
         await asyncio.wrap_future(self.bridge.submit(self.redis.connect()))
+        self.live_bridge.start()
+        self.live = self._redis_store(redis_url)
+        await asyncio.wrap_future(self.live_bridge.submit(self.live.connect()))
         redis_status = self.redis.status()
         self.metrics.redis_layout.info(
             {"layout": redis_status["layout"], "cluster": str(redis_status["cluster"]).lower()}
@@ -218,6 +225,7 @@ class Service:
             self.spool,
             self.breakers["postgres"],
             self.breakers["redis"],
+            live=(self.live, self.live_bridge),
         )
         live = self.storage.proxy().slot("live_writer").get()
         self.batcher = BatcherActor.start(cfg.batcher, self.storage)
@@ -236,8 +244,8 @@ class Service:
                 fusion=cfg.fusion,
                 sources_config=cfg.sources,
                 sources=self.sources,
-                store=self.redis,
-                bridge=self.bridge,
+                store=self.live,
+                bridge=self.live_bridge,
                 shards=cfg.actors.shards,
                 known=known[i],
                 weights=board,
@@ -333,10 +341,15 @@ class Service:
             if self.maintenance is not None:
                 self.maintenance.stop()
                 self.maintenance = None
-            for store in (self.redis, self.postgres):
-                if store is not None and self.bridge.running:
-                    await asyncio.wrap_future(self.bridge.submit(store.close()))
-            self.redis = self.postgres = None
+            for store, bridge in (
+                (self.live, self.live_bridge),
+                (self.redis, self.bridge),
+                (self.postgres, self.bridge),
+            ):
+                if store is not None and bridge.running:
+                    await asyncio.wrap_future(bridge.submit(store.close()))
+            self.live = self.redis = self.postgres = None
+            self.live_bridge.stop()
             self.bridge.stop()
             if self.spool is not None:
                 self.spool.close()

@@ -142,6 +142,6 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument(
-        "--redis-flush", type=float, help="redis.flush_interval_s (default: the configured 0.05)"
+        "--redis-flush", type=float, help="redis.flush_interval_s (default: the configured 0)"
     )
     uvloop.run(main(parser.parse_args()))

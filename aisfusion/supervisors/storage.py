@@ -77,8 +77,12 @@ class StorageSupervisor(Supervisor):
         pg_breaker: CircuitBreaker,
         redis_breaker: CircuitBreaker,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        live: tuple[RedisStore, AsyncBridge] | None = None,
     ) -> None:
         timeout = config.breaker.call_timeout_s
+        # The live writer may have a store on a loop of its own (see Service._start).
+        live_store, live_bridge = live if live is not None else (redis, bridge)
         children = [
             ChildSpec(
                 "postgres_writer",
@@ -88,8 +92,8 @@ class StorageSupervisor(Supervisor):
                 "live_writer",
                 lambda sup: LiveWriterActor.start(
                     sup,
-                    redis,
-                    bridge,
+                    live_store,
+                    live_bridge,
                     metrics,
                     redis_breaker,
                     config.redis.flush_interval_s,
