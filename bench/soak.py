@@ -8,8 +8,9 @@ Every minute of the run repeats this schedule (seconds into the minute):
     40 stop both         46 start both
 
 It prints accepted vs stored rows (they must be equal; exit 1 otherwise), resident memory of
-the service process (sampled every 5 s: first after warm-up, last, peak) and the breaker
-transitions. `tests/e2e/test_soak.py` runs the one-minute variant in CI.
+the service process (sampled every 5 s: first after warm-up, last, peak, and the trend over the
+second half of the run in MiB/hour) and the breaker transitions. `tests/e2e/test_soak.py` runs
+the one-minute variant in CI.
 
     .venv/bin/python bench/soak.py --minutes 10 [--vessels 10000] [--rate 3000]
 """
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -147,6 +149,14 @@ async def main(args: argparse.Namespace) -> int:
             f"resident memory MiB: after warm-up {warm:.0f}, last {last:.0f}, peak {peak:.0f} "
             f"(samples every 5 s: {' '.join(f'{m:.0f}' for m in memory)})"
         )
+        half = memory[len(memory) // 2 :]
+        if len(half) >= 2:
+            # Least-squares slope over the second half: flat memory is a slope near zero.
+            slope = statistics.linear_regression(range(len(half)), half).slope * 720  # per hour
+            print(
+                f"second half: mean {statistics.fmean(half):.0f} MiB, min {min(half):.0f}, "
+                f"max {max(half):.0f}, trend {slope:+.1f} MiB/hour"
+            )
         ok = drained and accepted == stored and accepted > 0
         print("RESULT: " + ("accepted == stored" if ok else "MISMATCH"))
         return 0 if ok else 1
