@@ -10,6 +10,7 @@ nothing accepted is left unwritten.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -228,9 +229,9 @@ class Service:
             live=(self.live, self.live_bridge),
         )
         live = self.storage.proxy().slot("live_writer").get()
-        self.batcher = BatcherActor.start(cfg.batcher, self.storage)
+        self.batcher = BatcherActor.start(cfg.batcher, self.storage, escalate=self._escalate)
         board = WeightBoard()
-        self.sources = SourcesActor.start(cfg.sources, m, board=board)
+        self.sources = SourcesActor.start(cfg.sources, m, board=board, escalate=self._escalate)
         # Vessels with a live record: rehydrated from it when they report again.
         saved = await asyncio.wrap_future(self.bridge.submit(self.redis.live_mmsis()))
         known = known_by_shard(saved, cfg.actors.shards)
@@ -249,6 +250,7 @@ class Service:
                 shards=cfg.actors.shards,
                 known=known[i],
                 weights=board,
+                escalate=self._escalate,
             )
             for i in range(cfg.actors.shards)
         ]
@@ -291,7 +293,9 @@ class Service:
             # Shards first (their mailboxes are FIFO: a stats reply means earlier batches are
             # done), then the batcher, which hands its rows to the storage supervisor.
             for shard in self.shards:
-                shard.ask(ShardStats(), timeout=deadline_s)
+                # A crashed shard's mailbox went with it (the service is stopping).
+                with contextlib.suppress(pykka.ActorDeadError):
+                    shard.ask(ShardStats(), timeout=deadline_s)
             if self.batcher is not None:
                 self.batcher.ask(Flush(), timeout=deadline_s)
             if self.storage is None:
@@ -630,8 +634,8 @@ class Service:
         s = cfg.supervision
         lines = [
             "aisfusion (root: escalation stops the service, exit 1)",
-            f"├── shards x{cfg.actors.shards} (vessel entities by MMSI)",
-            "├── batcher",
+            f"├── shards x{cfg.actors.shards} (vessel entities by MMSI; a crash escalates)",
+            "├── batcher, source quality (a crash escalates)",
             f"└── storage supervisor ({s.strategy}, max {s.max_restarts} restarts in "
             f"{s.within_s:g} s; breakers: postgres, redis; DLQ, spool {cfg.spool.dir})",
             "    ├── postgres_writer",

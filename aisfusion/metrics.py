@@ -351,6 +351,12 @@ class Metrics:
             {"version": __version__}
         )
         ProcessCollector(namespace="aisfusion", registry=r)  # CPU, memory, open fds
+        self.router_dropped = Counter(
+            "aisfusion_router_dropped_messages_total",
+            "Messages the router could not hand to their shard because it crashed (the "
+            "crash stops the service)",
+            registry=r,
+        )
         self.gc_full_seconds = Histogram(
             "aisfusion_gc_full_collection_seconds",
             "Duration of the timed full garbage collections (runtime.gc_interval_s); the GIL "

@@ -26,17 +26,25 @@ class Router:
     def __init__(self, shards: Sequence[pykka.ActorRef[Any]], metrics: Metrics) -> None:
         self._shards = list(shards)
         self._stage = metrics.stage_seconds.labels("routing")
+        self._dropped = metrics.router_dropped
 
     def __call__(self, messages: list[RawMessage]) -> None:
         started = time.perf_counter()
         n = len(self._shards)
         if n == 1:
-            self._shards[0].tell(RawBatch(messages))
+            self._tell(self._shards[0], messages)
         else:
             groups: list[list[RawMessage]] = [[] for _ in range(n)]
             for msg in messages:
                 groups[msg.mmsi % n].append(msg)
             for shard, group in zip(self._shards, groups, strict=True):
                 if group:
-                    shard.tell(RawBatch(group))
+                    self._tell(shard, group)
         self._stage.inc(time.perf_counter() - started)
+
+    def _tell(self, shard: pykka.ActorRef[Any], group: list[RawMessage]) -> None:
+        try:
+            shard.tell(RawBatch(group))
+        except pykka.ActorDeadError:
+            # It crashed and the service is stopping: the other shards still get theirs.
+            self._dropped.inc(len(group))

@@ -16,16 +16,18 @@ import pykka
 from aisfusion.config import BatcherConfig
 from aisfusion.messages import Decisions, Flush, HistoryBatch, Position, Tick, VesselSeen
 from aisfusion.storage.postgres import reduce_vessels
+from aisfusion.supervisors.supervisor import EscalatingActor
 
 
-class BatcherActor(pykka.ThreadingActor):
+class BatcherActor(EscalatingActor):
     def __init__(
         self,
         config: BatcherConfig,
         writer: pykka.ActorRef[Any],
         clock: Callable[[], float] = time.monotonic,
+        escalate: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__("batcher", escalate)
         self._config = config
         self._writer = writer
         self._clock = clock

@@ -51,6 +51,7 @@ from aisfusion.metrics import Metrics
 from aisfusion.router import shard_of
 from aisfusion.storage.bridge import AsyncBridge
 from aisfusion.storage.redis import RedisStore
+from aisfusion.supervisors.supervisor import EscalatingActor
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def position_from_record(mmsi: int, record: dict[str, str]) -> Position | None:
         return None
 
 
-class ShardActor(pykka.ThreadingActor):
+class ShardActor(EscalatingActor):
     def __init__(
         self,
         index: int,
@@ -118,8 +119,9 @@ class ShardActor(pykka.ThreadingActor):
         shards: int = 1,
         known: set[int] | None = None,
         weights: WeightBoard | None = None,
+        escalate: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(f"shard-{index}", escalate)
         self.index = index
         self._config = config
         self._fusion = fusion if fusion is not None else FusionConfig()

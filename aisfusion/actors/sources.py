@@ -32,6 +32,7 @@ from aisfusion.actors.fusion import ewma
 from aisfusion.config import SourcesConfig
 from aisfusion.messages import SourceOutcomes, SourceTally, SourceWeights
 from aisfusion.metrics import Metrics
+from aisfusion.supervisors.supervisor import EscalatingActor
 
 log = logging.getLogger(__name__)
 
@@ -177,15 +178,16 @@ class SourceBook:
         ]
 
 
-class SourcesActor(pykka.ThreadingActor):
+class SourcesActor(EscalatingActor):
     def __init__(
         self,
         config: SourcesConfig,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         board: WeightBoard | None = None,
+        escalate: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__("sources", escalate)
         self.book = SourceBook(config)
         self._board = board
         self._metrics = metrics

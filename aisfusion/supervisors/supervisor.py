@@ -77,6 +77,29 @@ class SupervisedActor(pykka.ThreadingActor):
             self._supervisor.tell(ChildExited(self.child_name, error))
 
 
+class EscalatingActor(pykka.ThreadingActor):
+    """Base of the actors the root supervises directly (shards, batcher, source quality): a
+    crash escalates at once, stopping the service with exit 1 for the process manager to
+    restart (their state is rebuilt at start: vessels from Redis, history rows were handed on
+    or are lost with the crash, like the writers' in-flight work)."""
+
+    def __init__(self, name: str, escalate: Callable[[str], None] | None) -> None:
+        super().__init__()
+        self.actor_name = name
+        self._escalate_to = escalate
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        reason = f"{self.actor_name} crashed: {exception_value!r}"
+        log.error("%s", reason)
+        if self._escalate_to is not None:
+            self._escalate_to(reason)
+
+
 @dataclass
 class ChildSpec:
     name: str

@@ -263,6 +263,34 @@ async def test_crashing_writer_escalates_and_a_restart_recovers_everything(
     assert await stored_rows(own_servers.postgres_url) == (PER_PHASE, PER_PHASE)
 
 
+async def test_a_crashing_shard_stops_the_service_and_the_others_lose_nothing(
+    own_servers: EmbeddedServers, make_service: Any
+) -> None:
+    service = await make_service(own_servers.postgres_url, own_servers.redis_url)
+    now = time.time()
+    await send(service, positions(0, now))
+    assert await service.drain(30)
+    service.shards[0].tell("not a message a shard knows")  # a bug: its on_receive raises
+    await wait_for(service.failed.is_set, "escalation to the root")
+    assert "shard-0 crashed" in (service.failure or "")
+    assert not service.ready
+    # The feed goes on; shard 0's vessels (MMSI % 4 == 0: 10 of the 40, 15 reports each) are
+    # counted as dropped, and every other shard's positions are stored by the graceful stop.
+    _, writer = await asyncio.open_connection("127.0.0.1", service.feed_port)
+    writer.write(("\r\n".join(positions(1, now)) + "\r\n").encode())
+    await writer.drain()
+    await wait_for(
+        lambda: sample(service, "aisfusion_feed_lines_total", {"source": "faults"})
+        >= 2 * PER_PHASE,
+        "the service to read every line",
+    )
+    writer.close()
+    await writer.wait_closed()
+    assert sample(service, "aisfusion_router_dropped_messages_total") == 150
+    await service.stop()
+    assert await stored_rows(own_servers.postgres_url) == (2 * PER_PHASE - 150,) * 2
+
+
 def admin(service: Service, method: str, path: str, token: str | None) -> tuple[int, Any]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{service.metrics_port}{path}",
