@@ -12,7 +12,7 @@ the service process (sampled every 5 s: first after warm-up, last, peak, and the
 second half of the run in MiB/hour) and the breaker transitions. `tests/e2e/test_soak.py` runs
 the one-minute variant in CI.
 
-    .venv/bin/python bench/soak.py --minutes 10 [--vessels 10000] [--rate 3000]
+    .venv/bin/python bench/soak.py --minutes 10 [--vessels 10000] [--rate 3000] [--receivers 2]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from benchservice import sample
 from aisfusion import logs
 from aisfusion.app import Service
 from aisfusion.config import Config
+from aisfusion.receivers import receivers
 from aisfusion.replay import simulate
 from aisfusion.storage.embedded import EmbeddedServers
 
@@ -114,7 +115,10 @@ async def main(args: argparse.Namespace) -> int:
                 rate=args.rate,
                 duration_s=duration,
                 seed=11,
-                station="soak-rx",
+                station=None if args.receivers else "soak-rx",
+                # Every transmission heard by several receivers (loss, delay, duplicates): the
+                # vessels drop what is heard twice, and only their decisions are stored.
+                receivers=receivers(args.receivers, prefix="soak-rx") if args.receivers else None,
             ),
             chaos(servers, args.minutes, events),
         )
@@ -127,7 +131,10 @@ async def main(args: argparse.Namespace) -> int:
             stored = int(await conn.fetchval("SELECT count(*) FROM positions"))
         finally:
             await conn.close()
-        print(f"soak: {args.minutes:g} min, {args.vessels} vessels, {sent} lines sent")
+        print(
+            f"soak: {args.minutes:g} min, {args.vessels} vessels, {args.receivers} receivers, "
+            f"{sent} lines sent"
+        )
         for event in events:
             print(f"  {event}")
         print(f"accepted positions {accepted}, stored rows {stored}, drained {drained}")
@@ -174,4 +181,7 @@ if __name__ == "__main__":
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--vessels", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=None, help="cap on lines/s")
+    parser.add_argument(
+        "--receivers", type=int, default=2, help="simulated receivers (0: one plain station)"
+    )
     sys.exit(uvloop.run(main(parser.parse_args())))

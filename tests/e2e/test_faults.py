@@ -280,8 +280,9 @@ async def test_a_crashing_shard_stops_the_service_and_the_others_lose_nothing(
     writer.write(("\r\n".join(positions(1, now)) + "\r\n").encode())
     await writer.drain()
     await wait_for(
-        lambda: sample(service, "aisfusion_feed_lines_total", {"source": "faults"})
-        >= 2 * PER_PHASE,
+        lambda: (
+            sample(service, "aisfusion_feed_lines_total", {"source": "faults"}) >= 2 * PER_PHASE
+        ),
         "the service to read every line",
     )
     writer.close()
