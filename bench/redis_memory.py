@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 from aisfusion.messages import Position
-from aisfusion.storage import embedded
+from aisfusion.storage import embedded, processes
 from aisfusion.storage.redis import RedisStore
 
 BATCH = 5000
@@ -78,7 +78,7 @@ class Valkey:
     """A throw-away Valkey server on a free port."""
 
     def __init__(self, workdir: Path, *extra: str) -> None:
-        self.port = embedded._free_port()
+        self.port = processes.free_port()
         args = [
             str(embedded._valkey_binary()),
             "--port", str(self.port),

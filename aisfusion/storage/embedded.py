@@ -6,15 +6,10 @@ helpers are not used: they create system users, or daemonize through ``pg_ctl`` 
 behind. The binaries are run directly instead.
 
 Lifetime
-    Each child gets a parent-death signal (``prctl(PR_SET_PDEATHSIG)``), so a SIGKILLed service
-    leaves nothing running: PostgreSQL gets SIGINT (fast shutdown; SIGTERM would wait for clients
-    to disconnect) and its backends follow the postmaster, Valkey gets SIGTERM. The kernel sends
-    that signal when the *thread* that forked the child exits, not the process, so every child is
-    forked from one daemon thread that lives as long as the process (`_Spawner`); `start()` may be
-    called from any thread. The kernel also clears the setting when the child changes its uid.
-    CPython applies ``Popen(user=, group=, extra_groups=)`` before ``preexec_fn``, so setting it
-    in ``preexec_fn`` comes after the switch and survives it. Children run in their own session
-    so that a Ctrl-C in a terminal reaches only the service, which stops them after flushing.
+    Each server is a child process with a parent-death signal, in a session of its own (see
+    `aisfusion.storage.processes`), so a SIGKILLed service leaves nothing running: PostgreSQL
+    gets SIGINT (fast shutdown; SIGTERM would wait for clients to disconnect) and its backends
+    follow the postmaster, Valkey gets SIGTERM. `start()` may be called from any thread.
 
 Users
     PostgreSQL refuses to run as root. Started as root, it runs as the existing unprivileged user
@@ -39,8 +34,6 @@ Layout of ``data_dir``::
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -50,7 +43,6 @@ import logging
 import os
 import platform
 import pwd
-import queue
 import shutil
 import signal
 import socket
@@ -60,7 +52,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
@@ -68,6 +60,7 @@ from typing import Self, TypeVar
 import asyncpg
 
 from aisfusion.errors import DataDirLockedError, EmbeddedServerError
+from aisfusion.storage.processes import HOST, Server, log_since, log_size, process_alive, spawn
 
 __all__ = ["EmbeddedServers"]
 
@@ -75,104 +68,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_HOST = "127.0.0.1"
 _PG_USER = "postgres"
-_STOP_DEADLINE_S = 15.0
-_PORT_ATTEMPTS = 3
-_POLL_S = 0.1
-# A probe that hangs (another program listening on the port) must not delay noticing an exit;
-# an unlucky slow answer only costs one more round.
-_PROBE_TIMEOUT_S = 1.0
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
-_PR_SET_PDEATHSIG = 1
-
-# Loaded before any fork: the child may only call what is already resolved.
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _Spawner:
-    """Forks children from one daemon thread that lives as long as the process.
-
-    The parent-death signal fires when the forking *thread* exits. A server started from a
-    short-lived thread (``asyncio.to_thread``, an executor, an actor) would otherwise be
-    stopped as soon as that thread finished.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[
-            tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
-        ] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def popen(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-        future: Future[subprocess.Popen[bytes]] = Future()
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="aisfusion-embedded-spawner", daemon=True
-                )
-                self._thread.start()
-        self._jobs.put((start, future))
-        return future.result()
-
-    def _run(self) -> None:
-        while True:
-            start, future = self._jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(start())
-            except Exception as exc:  # handed to the caller, which re-raises it
-                future.set_exception(exc)
-
-
-_SPAWNER = _Spawner()
-
-
-def _child_setup(death_signal: signal.Signals, parent_pid: int) -> Callable[[], None]:
-    """Build the ``preexec_fn`` that ties a child's life to this process."""
-
-    def setup() -> None:
-        if _libc.prctl(_PR_SET_PDEATHSIG, int(death_signal), 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        # The parent may have died between fork and prctl; then no signal will ever come.
-        if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return setup
-
-
-def _spawn(
-    args: list[str],
-    *,
-    death_signal: signal.Signals,
-    log_file: Path,
-    cwd: Path,
-    env: dict[str, str],
-    user: pwd.struct_passwd | None,
-) -> subprocess.Popen[bytes]:
-    """Start `args` with output appended to `log_file`, as `user` if given."""
-    parent_pid = os.getpid()
-    with log_file.open("ab") as out:
-        return _SPAWNER.popen(
-            lambda: subprocess.Popen(  # noqa: S603 - our own binaries, arguments built here
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                # No supplementary groups: root's would follow the server user otherwise.
-                user=None if user is None else user.pw_uid,
-                group=None if user is None else user.pw_gid,
-                extra_groups=None if user is None else [],
-                # The only way to set a parent-death signal; it runs after the uid switch.
-                preexec_fn=_child_setup(death_signal, parent_pid),  # noqa: PLW1509
-            )
-        )
 
 
 def _permits(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
@@ -305,30 +203,6 @@ def _copy_install(pginstall: Path, target: Path) -> Path:
     return copied
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _log_since(log_file: Path, offset: int, lines: int = 30) -> str:
-    try:
-        with log_file.open("rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _log_size(log_file: Path) -> int:
-    try:
-        return log_file.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
 def _run_coroutine(factory: Callable[[], Awaitable[T]]) -> T:
     async def main() -> T:
         return await factory()
@@ -346,7 +220,7 @@ def _run_coroutine(factory: Callable[[], Awaitable[T]]) -> T:
 def _postgres_ready(port: int, timeout_s: float) -> bool:
     async def query() -> bool:
         conn = await asyncpg.connect(
-            host=_HOST, port=port, user=_PG_USER, database="postgres", timeout=timeout_s
+            host=HOST, port=port, user=_PG_USER, database="postgres", timeout=timeout_s
         )
         try:
             return bool(await conn.fetchval("SELECT 1", timeout=timeout_s) == 1)
@@ -361,124 +235,12 @@ def _postgres_ready(port: int, timeout_s: float) -> bool:
 
 def _valkey_ready(port: int, timeout_s: float) -> bool:
     try:
-        with socket.create_connection((_HOST, port), timeout=timeout_s) as sock:
+        with socket.create_connection((HOST, port), timeout=timeout_s) as sock:
             sock.sendall(b"PING\r\n")
             # "-LOADING" while a dataset loads; only PONG means it serves commands.
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def _process_alive(pid: int, name: bytes) -> bool:
-    try:
-        return name in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                # "pid (comm) state ppid …": comm may hold spaces and parentheses.
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-class _Server:
-    """One child server: its process, sticky port and log."""
-
-    def __init__(
-        self,
-        name: str,
-        log_file: Path,
-        stop_signal: signal.Signals,
-        ready: Callable[[int, float], bool],
-    ) -> None:
-        self.name = name
-        self.log_file = log_file
-        self.stop_signal = stop_signal
-        self.ready = ready
-        self.port: int | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None
-        return self.proc.pid
-
-    def start(self, launch: Callable[[int], subprocess.Popen[bytes]], timeout_s: float) -> None:
-        """Launch on the sticky port (or a free one) and wait until it serves queries."""
-        if self.pid is not None:
-            return
-        fresh = self.port is None
-        for attempt in range(1, _PORT_ATTEMPTS + 1):
-            port = _free_port() if fresh else self.port
-            assert port is not None
-            offset = _log_size(self.log_file)
-            log.info("starting %s on %s:%d", self.name, _HOST, port)
-            self.proc = launch(port)
-            error = self._wait_ready(port, timeout_s)
-            if error is None:
-                self.port = port
-                log.info("%s ready on %s:%d (pid %d)", self.name, _HOST, port, self.proc.pid)
-                return
-            self._halt()
-            tail = _log_since(self.log_file, offset)
-            # The free port can be taken between probing and binding: try another.
-            if fresh and "Address already in use" in tail and attempt < _PORT_ATTEMPTS:
-                log.warning("%s: port %d was taken, trying another", self.name, port)
-                continue
-            raise EmbeddedServerError(
-                f"{self.name} {error}; last lines of {self.log_file}:\n{tail}"
-            )
-
-    def _wait_ready(self, port: int, timeout_s: float) -> str | None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout_s
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                return f"exited with code {code} while starting"
-            if self.ready(port, min(_PROBE_TIMEOUT_S, timeout_s)):
-                return None
-            if time.monotonic() > deadline:
-                return f"was not ready within {timeout_s:g}s"
-            time.sleep(_POLL_S)
-
-    def stop(self) -> None:
-        """Stop gracefully; past the deadline kill it and its children."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            log.info("stopping %s (pid %d)", self.name, self.proc.pid)
-            self.proc.send_signal(self.stop_signal)
-            try:
-                self.proc.wait(_STOP_DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %gs, killing it", self.name, _STOP_DEADLINE_S)
-                self._halt()
-        self.proc.wait()
-        self.proc = None
-
-    def _halt(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            # PostgreSQL puts each backend in a session of its own, so killpg would miss them:
-            # they are found by parent, and killed after the postmaster, which would otherwise
-            # restart them.
-            children = _children(self.proc.pid)
-            self.proc.kill()
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        self.proc.wait()
 
 
 class EmbeddedServers:
@@ -506,10 +268,10 @@ class EmbeddedServers:
         self._want_redis = redis
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None
-        self._postgres = _Server(
+        self._postgres = Server(
             "PostgreSQL", self.data_dir / "postgres.log", signal.SIGINT, _postgres_ready
         )
-        self._redis = _Server("Valkey", self.data_dir / "valkey.log", signal.SIGTERM, _valkey_ready)
+        self._redis = Server("Valkey", self.data_dir / "valkey.log", signal.SIGTERM, _valkey_ready)
         # (server user, binaries, PGDATA, socket dir), settled on the first start.
         self._pg_setup: tuple[pwd.struct_passwd | None, Path, Path, Path] | None = None
 
@@ -573,7 +335,7 @@ class EmbeddedServers:
                     sockets = ""
                 args = [str(pginstall / "bin" / "postgres"), "-D", str(pgdata), "-p", str(port)]
                 settings = {
-                    "listen_addresses": _HOST,
+                    "listen_addresses": HOST,
                     "unix_socket_directories": sockets,
                     "fsync": "on",
                     "shared_buffers": "128MB",
@@ -583,7 +345,7 @@ class EmbeddedServers:
                 }
                 for key, value in settings.items():
                     args += ["-c", f"{key}={value}"]
-                return _spawn(
+                return spawn(
                     args,
                     death_signal=signal.SIGINT,
                     log_file=self._postgres.log_file,
@@ -614,7 +376,7 @@ class EmbeddedServers:
                 args = [
                     str(binary),
                     "--port", str(port),
-                    "--bind", _HOST,
+                    "--bind", HOST,
                     "--protected-mode", "yes",
                     "--daemonize", "no",
                     # The dead-letter queue lives here: an append-only file (fsync every
@@ -625,7 +387,7 @@ class EmbeddedServers:
                     "--dir", str(workdir),
                     "--logfile", "",
                 ]  # fmt: skip
-                return _spawn(
+                return spawn(
                     args,
                     death_signal=signal.SIGTERM,
                     log_file=self._redis.log_file,
@@ -647,13 +409,13 @@ class EmbeddedServers:
     def postgres_url(self) -> str:
         if self._postgres.port is None:
             raise EmbeddedServerError("embedded PostgreSQL has not been started")
-        return f"postgresql://{_PG_USER}@{_HOST}:{self._postgres.port}/postgres"
+        return f"postgresql://{_PG_USER}@{HOST}:{self._postgres.port}/postgres"
 
     @property
     def redis_url(self) -> str:
         if self._redis.port is None:
             raise EmbeddedServerError("embedded Valkey has not been started")
-        return f"redis://{_HOST}:{self._redis.port}/0"
+        return f"redis://{HOST}:{self._redis.port}/0"
 
     @property
     def postgres_pid(self) -> int | None:
@@ -786,8 +548,8 @@ class EmbeddedServers:
             "--locale=C",
         ]  # fmt: skip
         log_file = self._postgres.log_file
-        offset = _log_size(log_file)
-        proc = _spawn(
+        offset = log_size(log_file)
+        proc = spawn(
             args,
             death_signal=signal.SIGTERM,
             log_file=log_file,
@@ -804,7 +566,7 @@ class EmbeddedServers:
         if code != 0:
             raise EmbeddedServerError(
                 f"initdb failed ({'timed out' if code is None else f'exit code {code}'}); "
-                f"last lines of {log_file}:\n{_log_since(log_file, offset)}"
+                f"last lines of {log_file}:\n{log_since(log_file, offset)}"
             )
         scratch.rename(pgdata)
 
@@ -819,7 +581,7 @@ class EmbeddedServers:
         except (OSError, ValueError):
             return
         deadline = time.monotonic() + self.start_timeout_s
-        while _process_alive(pid, b"postgres"):
+        while process_alive(pid, b"postgres"):
             if time.monotonic() > deadline:
                 raise EmbeddedServerError(
                     f"a PostgreSQL server (pid {pid}) still runs on {pgdata}; stop it"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from aisfusion.storage import embedded
+from aisfusion.storage import embedded, processes
 
 HOST = "127.0.0.1"
 CLUSTER_SLOTS = 16384
@@ -34,7 +34,7 @@ CLUSTER_SLOTS = 16384
 def spawn(
     args: Sequence[str], log_file: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    return embedded._spawn(
+    return processes.spawn(
         [str(a) for a in args],
         death_signal=signal.SIGTERM,
         log_file=log_file,
@@ -78,7 +78,7 @@ def stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
 
 def valkey(workdir: Path, *extra: str) -> tuple[int, subprocess.Popen[bytes]]:
     """One Valkey server with `extra` arguments; returns (port, process)."""
-    port = embedded._free_port()
+    port = processes.free_port()
     log_file = workdir / f"valkey-{port}.log"
     args = [
         embedded._valkey_binary(),
@@ -116,7 +116,7 @@ def valkey_cluster(
             node_dir = workdir / f"node{i}"
             node_dir.mkdir()
             # The bus port defaults to port + 10000, which may be taken or out of range.
-            buses.append(embedded._free_port())
+            buses.append(processes.free_port())
             port, proc = valkey(
                 node_dir,
                 "--cluster-enabled", "yes",

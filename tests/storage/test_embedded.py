@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from aisfusion.errors import DataDirLockedError, EmbeddedServerError
-from aisfusion.storage import embedded
+from aisfusion.storage import embedded, processes
 from aisfusion.storage.embedded import EmbeddedServers, _traversable_by
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -242,8 +242,8 @@ def test_busy_port_is_replaced_on_first_start_only(
         squatter.listen()
         busy = squatter.getsockname()[1]
         ports = iter([busy])
-        real_free_port = embedded._free_port
-        monkeypatch.setattr(embedded, "_free_port", lambda: next(ports, None) or real_free_port())
+        real_free_port = processes.free_port
+        monkeypatch.setattr(processes, "free_port", lambda: next(ports, None) or real_free_port())
         servers = make_servers(tmp_path, postgres=False)
         servers.start()
         assert _port(servers.redis_url) != busy

@@ -22,7 +22,7 @@ import pytest
 
 from aisfusion.config import PostgresConfig
 from aisfusion.messages import HistoryBatch, Position, StaticReport, VesselSeen
-from aisfusion.storage import embedded
+from aisfusion.storage import processes
 from aisfusion.storage.partitions import DAY_S
 from aisfusion.storage.postgres import PostgresStore
 from tests.dbs import fresh_database
@@ -42,7 +42,7 @@ def bouncer(servers: Any) -> Iterator[tuple[str, int, str]]:
     target = urllib.parse.urlsplit(servers.postgres_url)
     user = target.username or "postgres"
     workdir = extra.traversable_tempdir("aisf-pgbouncer-")
-    port = embedded._free_port()
+    port = processes.free_port()
     (workdir / "users.txt").write_text(f'"{user}" ""\n')
     ini = workdir / "pgbouncer.ini"
     ini.write_text(
