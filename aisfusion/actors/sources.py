@@ -57,9 +57,24 @@ class WeightBoard:
         self.snapshot = SourceWeights(0, {})
 
 
+_KEYS: dict[tuple[str, str], str] = {}
+_KEYS_MAX = 65536  # distinct feed/station pairs remembered (a hostile feed may invent many)
+
+
 def source_key(feed: str, station: str | None) -> str:
-    """The source a message is attributed to."""
-    return f"{feed}/{station}" if station else feed
+    """The source a message is attributed to.
+
+    One string per source, shared: every window entry of every vessel holds its key, and a new
+    string per message cost about 60 bytes each (`bench/soak.py`'s heap profile).
+    """
+    if not station:
+        return feed
+    key = _KEYS.get((feed, station))
+    if key is None:
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()  # shards race here harmlessly: at worst a key is built twice
+        key = _KEYS[feed, station] = f"{feed}/{station}"
+    return key
 
 
 def feed_of(key: str) -> str:
