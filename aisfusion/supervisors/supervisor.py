@@ -57,13 +57,12 @@ class Slot:
         return True
 
 
-class SupervisedActor(pykka.ThreadingActor):
-    """Base of supervised children: a crash is reported to the supervisor."""
+class _CrashReporting(pykka.ThreadingActor):
+    """An actor that logs its crash and reports it (`_report`) before pykka stops it."""
 
-    def __init__(self, name: str, supervisor: pykka.ActorRef[Any]) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
         self.child_name = name
-        self._supervisor = supervisor
 
     def on_failure(
         self,
@@ -73,31 +72,37 @@ class SupervisedActor(pykka.ThreadingActor):
     ) -> None:
         error = repr(exception_value)
         log.error("%s crashed: %s", self.child_name, error)
+        self._report(error)
+
+    def _report(self, error: str) -> None:
+        raise NotImplementedError
+
+
+class SupervisedActor(_CrashReporting):
+    """Base of supervised children: a crash is reported to the supervisor."""
+
+    def __init__(self, name: str, supervisor: pykka.ActorRef[Any]) -> None:
+        super().__init__(name)
+        self._supervisor = supervisor
+
+    def _report(self, error: str) -> None:
         with contextlib.suppress(pykka.ActorDeadError):  # the supervisor is stopping too
             self._supervisor.tell(ChildExited(self.child_name, error))
 
 
-class EscalatingActor(pykka.ThreadingActor):
+class EscalatingActor(_CrashReporting):
     """Base of the actors the root supervises directly (shards, batcher, source quality): a
     crash escalates at once, stopping the service with exit 1 for the process manager to
     restart (their state is rebuilt at start: vessels from Redis, history rows were handed on
     or are lost with the crash, like the writers' in-flight work)."""
 
     def __init__(self, name: str, escalate: Callable[[str], None] | None) -> None:
-        super().__init__()
-        self.actor_name = name
+        super().__init__(name)
         self._escalate_to = escalate
 
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        reason = f"{self.actor_name} crashed: {exception_value!r}"
-        log.error("%s", reason)
+    def _report(self, error: str) -> None:
         if self._escalate_to is not None:
-            self._escalate_to(reason)
+            self._escalate_to(f"{self.child_name} crashed: {error}")
 
 
 @dataclass
