@@ -30,6 +30,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -111,6 +113,9 @@ class RedisStore:
 
     async def connect(self) -> None:
         # socket_timeout=None: redis-py arms a timer per reply otherwise, which halves throughput.
+        # One immediate retry on a connection error: after Redis restarts, a pooled connection
+        # is dead until used (redis-py's from_url retries nothing). A second failure is a real
+        # outage, raised at once so the breaker sees it.
         try:
             if self.cluster:
                 cluster = RedisCluster.from_url(self._url, socket_timeout=None)
@@ -118,7 +123,9 @@ class RedisStore:
                 # The same command API as a single server; only `memory` asks every node.
                 self._client = cast(aioredis.Redis, cluster)
             else:
-                self._client = aioredis.Redis.from_url(self._url, socket_timeout=None)
+                self._client = aioredis.Redis.from_url(
+                    self._url, socket_timeout=None, retry=Retry(NoBackoff(), 1)
+                )
                 await self._client.ping()
             self.json_module = await self._has_json()
             self._layout = layout(await self._pin_layout())

@@ -10,7 +10,7 @@ pipeline, which routes each key to its node.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -44,15 +44,18 @@ async def execute(client: aioredis.Redis, commands: Sequence[Command]) -> list[A
     """Send `commands` in one write on one pooled connection and read every reply.
 
     Error replies are returned in place (like ``pipeline.execute(raise_on_error=False)``) so
-    the connection stays in step; a connection error drops the connection (redis-py does) and
-    is raised.
+    the connection stays in step. A connection error drops the connection (redis-py does) and
+    is retried as the client's retry policy says, on a fresh connection, so `commands` must be
+    idempotent; the last error is raised.
     """
     if not commands:
         return []
+    packed = pack(commands)
     pool: Any = client.connection_pool  # get_connection is untyped in redis-py
     conn = await pool.get_connection()
-    try:
-        await conn.send_packed_command(pack(commands), check_health=False)
+
+    async def exchange() -> list[Any]:
+        await conn.send_packed_command(packed, check_health=False)
         replies: list[Any] = []
         for _ in commands:
             try:
@@ -60,6 +63,12 @@ async def execute(client: aioredis.Redis, commands: Sequence[Command]) -> list[A
             except ResponseError as exc:
                 replies.append(exc)
         return replies
+
+    async def drop(_error: BaseException) -> None:
+        await conn.disconnect(nowait=True)
+
+    try:
+        return cast(list[Any], await conn.retry.call_with_retry(exchange, drop))
     except BaseException:
         # Replies may be left unread (a cancelled write, a lost server): never reuse it.
         await conn.disconnect(nowait=True)

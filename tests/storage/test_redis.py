@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from aisfusion.errors import PermanentStorageError
 from aisfusion.messages import Position
 from aisfusion.storage import geocells
+from aisfusion.storage.embedded import EmbeddedServers
 from aisfusion.storage.redis import RedisStore, cluster_url
 from aisfusion.storage.redis_layout import document, from_document, pack, unpack
 from tests.dbs import unique_name
@@ -234,6 +236,27 @@ async def test_inactive_vessels_leave_the_live_picture(any_layout: RedisStore) -
     assert await store.geo_count() == 6
     assert await store.live_records([1, 2, 4, 5]) == {}
     assert await store.evict_inactive(T0 + 5.5) == 0
+
+
+async def test_the_first_calls_after_redis_restarts_reconnect(tmp_path: Path) -> None:
+    """A restart leaves the pooled connection dead until it is used: the first hand-packed
+    write and the first redis-py read after it reconnect once instead of failing."""
+    servers = EmbeddedServers(tmp_path / "embedded", postgres=False)
+    servers.start()
+    store = RedisStore(servers.redis_url, "restart:")
+    try:
+        await store.connect()
+        await store.write_live([position(1, 55.5, 10.5)])
+        servers.stop_redis()
+        servers.start_redis()
+        await store.write_live([position(2, 56.0, 11.0)])
+        servers.stop_redis()
+        servers.start_redis()
+        # Valkey's append-only file kept both records over the restarts.
+        assert await store.live_count() == 2
+    finally:
+        await store.close()
+        servers.stop()
 
 
 async def test_two_prefixes_side_by_side(servers: Any, store: RedisStore) -> None:
