@@ -12,11 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,9 +26,11 @@ from aisfusion.actors.sources import SourcesActor, SourceTable, WeightBoard
 from aisfusion.config import Config
 from aisfusion.control import NEAR_MAX_KM, ControlServer
 from aisfusion.feeds.manager import FeedSet
+from aisfusion.gauges import watch
 from aisfusion.heap import CollectorPolicy
 from aisfusion.httpd import MetricsServer
-from aisfusion.messages import Flush, Tick
+from aisfusion.introspection import outline, supervision_tree
+from aisfusion.messages import Flush
 from aisfusion.metrics import Metrics
 from aisfusion.router import Router, shard_of
 from aisfusion.storage.bridge import AsyncBridge
@@ -42,55 +41,35 @@ from aisfusion.storage.retention import Maintenance
 from aisfusion.storage.spool import Spool
 from aisfusion.supervisors.breaker import BreakerState, CircuitBreaker
 from aisfusion.supervisors.storage import (
+    WRITERS,
     BreakerCommand,
     DlqCommand,
     SpillInflight,
     StorageStatus,
     StorageSupervisor,
 )
-from aisfusion.supervisors.supervisor import RestartChild, Slot, SupervisionTree
+from aisfusion.supervisors.supervisor import (
+    RestartChild,
+    Slot,
+    SupervisionTree,
+)
+from aisfusion.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
 STATUS_TIMEOUT_S = 3.0
-RESTARTABLE = ("postgres_writer", "live_writer")
-REDIS_MEMORY_EVERY_S = 5.0
 _FLOAT_FIELDS = frozenset({"lat", "lon", "sog", "cog", "ts"})
 
 
-def mailbox_depth(ref: pykka.ActorRef[Any] | None) -> int | None:
-    """Messages waiting in an actor's inbox (a stdlib queue under pykka's threading actors)."""
-    if ref is None:
-        return None
-    qsize = getattr(ref.actor_inbox, "qsize", None)
-    return int(qsize()) if qsize is not None else None
-
-
-class Ticker:
-    """A thread that tells `Tick` to the actors that flush on time (and supervise)."""
-
-    def __init__(self, interval_s: float, targets: list[pykka.ActorRef[Any] | Slot]) -> None:
-        self._interval = interval_s
-        self._targets = targets
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            tick = Tick(time.monotonic())
-            for target in self._targets:
-                try:
-                    target.tell(tick)
-                except pykka.ActorDeadError:
-                    continue  # stopping, or being restarted by its supervisor
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+def _typed(record: dict[str, str]) -> dict[str, Any]:
+    """A live record's fields with the numeric ones as floats (a malformed one stays text)."""
+    typed: dict[str, Any] = {}
+    for key, value in record.items():
+        try:
+            typed[key] = float(value) if key in _FLOAT_FIELDS else value
+        except ValueError:
+            typed[key] = value
+    return typed
 
 
 class Service:
@@ -122,8 +101,6 @@ class Service:
         self._feed: FeedSet | None = None
         self._http: MetricsServer | None = None
         self._control: ControlServer | None = None
-        self._redis_memory: tuple[float, float, float] | None = None  # used, max, read at
-        self._redis_memory_lock = threading.Lock()
         self.started_at: float | None = None
 
     async def __aenter__(self) -> Service:
@@ -258,12 +235,12 @@ class Service:
         tick = min(cfg.batcher.flush_interval_s, max(0.01, cfg.redis.flush_interval_s)) / 2
         self._ticker = Ticker(max(0.005, min(tick, 0.25)), [self.batcher, self.storage, live])
         self._ticker.start()
-        log.info("supervision tree:\n%s", self.tree_text())
+        log.info("supervision tree:\n%s", outline(self.config))
         self._feed = FeedSet()
         await self._feed.start(cfg.feed, Router(self.shards, m), m)
         self._http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self)
         self._http.start()
-        self._watch(live)
+        watch(self, live)
         if cfg.control.socket:
             control = ControlServer(cfg.control.socket, self)
             if control.start():
@@ -412,7 +389,7 @@ class Service:
             "uptime_s": None if started is None else round(time.time() - started, 3),
             "ready": self.ready,
             "failure": self.failure,
-            "tree": self._tree(shards, storage),
+            "tree": supervision_tree(self, shards, storage),
             "shards": [s for s in shards if s is not None],
             "sources": sources if sources is not None else [],
             "batcher": bool(self.batcher and self.batcher.is_alive()),
@@ -422,80 +399,18 @@ class Service:
             "control_socket": str(self._control.path) if self._control is not None else None,
         }
 
-    def _tree(self, shards: list[Any], storage: dict[str, Any] | None) -> dict[str, Any]:
-        """The supervision tree with each actor's state, restart count and mailbox depth."""
-
-        def node(name: str, kind: str, ref: pykka.ActorRef[Any] | None) -> dict[str, Any]:
-            alive = ref is not None and ref.is_alive()
-            return {
-                "name": name,
-                "kind": kind,
-                "state": "running" if alive else "dead",
-                "restarts": None,  # not supervised: its failure stops the service
-                "mailbox": mailbox_depth(ref),
-            }
-
-        children: list[dict[str, Any]] = []
-        for ref, stats in zip(self.shards, shards, strict=True):
-            child = node(f"shard-{len(children)}", "shard", ref)
-            if stats is not None:
-                child.update(vessels=stats.get("vessels"), processed=stats.get("processed"))
-            elif child["state"] == "running":
-                child["state"] = "busy"
-            children.append(child)
-        children += [
-            node("sources", "sources", self.sources),
-            node("batcher", "batcher", self.batcher),
-        ]
-        supervisor = node("storage", "supervisor", self.storage)
-        if storage is not None:
-            tree = storage["tree"]
-            supervisor.update(
-                strategy=tree["strategy"],
-                max_restarts=tree["max_restarts"],
-                within_s=tree["within_s"],
-                escalated=tree["escalated"],
-                children=[
-                    {
-                        "name": c["name"],
-                        "kind": "writer",
-                        "state": c["state"],
-                        "restarts": c["restarts"],
-                        "mailbox": c["mailbox"],
-                        "last_error": c["last_error"],
-                    }
-                    for c in tree["children"]
-                ],
-            )
-        elif supervisor["state"] == "running":
-            supervisor.update(state="busy", children=[])
-        children.append(supervisor)
-        state = "running" if self.ready else "not ready"
-        if self.failure is not None:
-            state = "failed"
-        return {
-            "name": "aisfusion",
-            "kind": "root",
-            "state": state,
-            "restarts": None,
-            "mailbox": None,
-            "children": children,
-        }
-
     @property
     def restartable(self) -> tuple[str, ...]:
         """The actors an operator may restart: the supervised storage writers."""
-        return RESTARTABLE
+        return WRITERS
 
     def restart(self, name: str) -> dict[str, Any]:
         """Restart a supervised actor as an operator; returns its node of the tree (blocking:
         call off the feed loop)."""
         if self.storage is None:
             raise RuntimeError("service not running")
-        if name not in RESTARTABLE:
-            raise ValueError(
-                f"{name!r} cannot be restarted (restartable: {', '.join(RESTARTABLE)})"
-            )
+        if name not in WRITERS:
+            raise ValueError(f"{name!r} cannot be restarted (restartable: {', '.join(WRITERS)})")
         slot = cast(Slot, self.storage.proxy().slot(name).get(timeout=5))
         if name == "live_writer" and slot.ref is not None:
             # Its conflated positions exist only in its memory: write them first.
@@ -512,16 +427,10 @@ class Service:
         if not 0 < km <= NEAR_MAX_KM:
             raise ValueError(f"radius must be within 0..{NEAR_MAX_KM:g} km, got {km:g}")
         hits = self.bridge.run(self.redis.near(lat, lon, km, limit), 5.0)
-        out = []
-        for mmsi, dist, record in hits:
-            vessel: dict[str, Any] = {"mmsi": mmsi, "distance_km": round(dist, 3)}
-            for key, value in record.items():
-                try:
-                    vessel[key] = float(value) if key in _FLOAT_FIELDS else value
-                except ValueError:
-                    vessel[key] = value
-            out.append(vessel)
-        return out
+        return [
+            {"mmsi": mmsi, "distance_km": round(dist, 3), **_typed(record)}
+            for mmsi, dist, record in hits
+        ]
 
     def vessel_info(self, mmsi: int, *, include_deleted: bool = False) -> dict[str, Any] | None:
         """One vessel's live record (Redis) and static data (PostgreSQL); None when neither
@@ -535,15 +444,7 @@ class Service:
         )
         if not record and static is None:
             return None
-        live: dict[str, Any] | None = None
-        if record:
-            live = {}
-            for key, value in record.items():
-                try:
-                    live[key] = float(value) if key in _FLOAT_FIELDS else value
-                except ValueError:
-                    live[key] = value
-        return {"mmsi": mmsi, "live": live, "static": static}
+        return {"mmsi": mmsi, "live": _typed(record) if record else None, "static": static}
 
     def track(
         self, mmsi: int, start: float, end: float, limit: int = 10_000
@@ -566,56 +467,6 @@ class Service:
             "maintenance": None if self.maintenance is None else self.maintenance.status(),
         }
 
-    def _watch(self, live: Slot) -> None:
-        """Gauges computed at scrape time: mailbox depths, readiness, Redis memory."""
-        m = self.metrics
-        assert self.storage is not None
-        writer = cast(Slot, self.storage.proxy().slot("postgres_writer").get())
-
-        def depth(refs: Callable[[], list[pykka.ActorRef[Any] | None]]) -> Callable[[], float]:
-            return lambda: float(sum(mailbox_depth(ref) or 0 for ref in refs()))
-
-        depths: dict[str, Callable[[], list[pykka.ActorRef[Any] | None]]] = {
-            "shard": lambda: list(self.shards),
-            "sources": lambda: [self.sources],
-            "batcher": lambda: [self.batcher],
-            "storage": lambda: [self.storage],
-            "postgres_writer": lambda: [writer.ref],
-            "live_writer": lambda: [live.ref],
-        }
-        for actor, refs in depths.items():
-            m.mailbox_messages.labels(actor).set_function(depth(refs))
-        # Labelled series exist from the start (at 0), so rates and alerts see them.
-        for name in self.breakers:
-            for state in BreakerState:
-                m.breaker_state.labels(name, str(state))
-                m.breaker_transitions.labels(name, str(state))
-        for name in RESTARTABLE:
-            m.writer_restarts.labels(name)
-        for reason in ("idle", "lru"):
-            m.vessel_passivations.labels(reason)
-        m.ready.set_function(lambda: 1.0 if self.ready else 0.0)
-        m.redis_memory_used.set_function(lambda: self._read_redis_memory()[0])
-        m.redis_memory_max.set_function(lambda: self._read_redis_memory()[1])
-
-    def _read_redis_memory(self) -> tuple[float, float]:
-        """Redis (used, max) memory in bytes, read at most every few seconds (NaN: unknown)."""
-        with self._redis_memory_lock:
-            now = time.monotonic()
-            cached = self._redis_memory
-            if cached is not None and now - cached[2] < REDIS_MEMORY_EVERY_S:
-                return cached[0], cached[1]
-            used, limit = (cached[0], cached[1]) if cached else (math.nan, math.nan)
-            if self.redis is not None and self.bridge.running:
-                future = self.bridge.submit(self.redis.memory())
-                try:
-                    got = future.result(1.0)
-                    used, limit = float(got[0]), float(got[1])
-                except Exception:  # Redis down: the breaker and its alert say so
-                    future.cancel()
-            self._redis_memory = (used, limit, now)
-            return used, limit
-
     def dlq(self, action: str, **options: Any) -> Any:
         """Operate the dead-letter queue (blocking: call off the feed loop)."""
         if self.storage is None:
@@ -627,21 +478,6 @@ class Service:
         if self.storage is None or name not in self.breakers or action not in ("trip", "reset"):
             raise ValueError(f"no breaker {name!r} or action {action!r}")
         return cast(dict[str, Any], self.storage.ask(BreakerCommand(name, action), timeout=5))
-
-    def tree_text(self) -> str:
-        """The supervision tree as printed at start."""
-        cfg = self.config
-        s = cfg.supervision
-        lines = [
-            "aisfusion (root: escalation stops the service, exit 1)",
-            f"├── shards x{cfg.actors.shards} (vessel entities by MMSI; a crash escalates)",
-            "├── batcher, source quality (a crash escalates)",
-            f"└── storage supervisor ({s.strategy}, max {s.max_restarts} restarts in "
-            f"{s.within_s:g} s; breakers: postgres, redis; DLQ, spool {cfg.spool.dir})",
-            "    ├── postgres_writer",
-            "    └── live_writer",
-        ]
-        return "\n".join(lines)
 
     @property
     def ready(self) -> bool:

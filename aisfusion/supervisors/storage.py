@@ -64,6 +64,10 @@ class SpillInflight(msgspec.Struct, frozen=True):
     """Control (ask), at a stop deadline: move every unconfirmed batch to the spool."""
 
 
+# The supervised children, by name: the actors an operator may restart.
+WRITERS = ("postgres_writer", "live_writer")
+
+
 class StorageSupervisor(Supervisor):
     def __init__(
         self,

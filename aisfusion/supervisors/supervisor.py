@@ -265,7 +265,7 @@ class Supervisor(pykka.ThreadingActor):
                     "name": child.spec.name,
                     "state": state,
                     "restarts": child.restarts,
-                    "mailbox": _mailbox_depth(ref),
+                    "mailbox": mailbox_depth(ref),
                     "last_error": child.last_error,
                 }
             )
@@ -279,7 +279,7 @@ class Supervisor(pykka.ThreadingActor):
         }
 
 
-def _mailbox_depth(ref: pykka.ActorRef[Any] | None) -> int | None:
+def mailbox_depth(ref: pykka.ActorRef[Any] | None) -> int | None:
     """Messages waiting in an actor's inbox (a stdlib queue under pykka's threading actors)."""
     if ref is None:
         return None
