@@ -224,6 +224,7 @@ class Service:
                 sources=self.sources,
                 store=self.live,
                 bridge=self.live_bridge,
+                static_store=(self.postgres, self.bridge),
                 shards=cfg.actors.shards,
                 known=known[i],
                 weights=board,

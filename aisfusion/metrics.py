@@ -259,6 +259,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.vessel_static_loads = Counter(
+            "aisfusion_vessel_static_loads_total",
+            "Static data of a new vessel actor read from PostgreSQL, by result (hit, miss, error)",
+            ["result"],
+            registry=r,
+        )
         self.source_quality = Gauge(
             "aisfusion_source_quality",
             "Exponentially weighted quality of a source, 0..1",

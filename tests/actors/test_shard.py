@@ -1,32 +1,39 @@
 """The shard hosting vessel entities: decisions downstream, outcomes to the source-quality
-actor, and the entities' lifecycle (idle passivation, LRU bound, rehydration from Redis)."""
+actor, and the entities' lifecycle (idle passivation, LRU bound, rehydration from Redis, static
+data from PostgreSQL)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 import pykka
 import pytest
 
+from aisfusion.actors.fusion import KNOT_MPS
 from aisfusion.actors.shard import ShardActor, ShardStats, VesselQuery, known_by_shard
-from aisfusion.config import ActorsConfig
+from aisfusion.config import ActorsConfig, FusionConfig, PostgresConfig
 from aisfusion.messages import (
     Decisions,
+    HistoryBatch,
     Position,
     RawBatch,
     RawMessage,
     SourceOutcomes,
     SourceWeights,
+    StaticReport,
     Tick,
+    VesselSeen,
 )
 from aisfusion.metrics import Metrics
 from aisfusion.storage.bridge import AsyncBridge
+from aisfusion.storage.postgres import PostgresStore
 from aisfusion.storage.redis import RedisStore
-from tests.actors.test_vessel import MMSI, NOW, north, pos, raw
-from tests.dbs import unique_name
+from tests.actors.test_vessel import MMSI, NOW, five, north, pos, raw
+from tests.dbs import fresh_database, unique_name
 
 
 class Inbox:
@@ -53,12 +60,20 @@ class Clock:
 
 
 class Rig:
-    def __init__(self, store: RedisStore | None, bridge: AsyncBridge | None, **actors: Any):
+    def __init__(
+        self,
+        store: RedisStore | None,
+        bridge: AsyncBridge | None,
+        *,
+        static_store: PostgresStore | None = None,
+        **actors: Any,
+    ):
         self.history, self.live, self.sources = Inbox(), Inbox(), Inbox()
         self.metrics = Metrics()
         self.clock = Clock(NOW)
         self.config = msgspec.structs.replace(ActorsConfig(), **actors)
         self.store, self.bridge = store, bridge
+        self.static_store = static_store
 
     def start(self, known: set[int] | None = None) -> pykka.ActorRef[Any]:
         return ShardActor.start(
@@ -71,6 +86,11 @@ class Rig:
             sources=self.sources,  # type: ignore[arg-type]
             store=self.store,
             bridge=self.bridge,
+            static_store=(
+                (self.static_store, self.bridge)
+                if self.static_store is not None and self.bridge is not None
+                else None
+            ),
             known=known,
         )
 
@@ -88,6 +108,13 @@ def other(mmsi: int, ts: float) -> RawMessage:
     return raw(pos(56.0, 11.0), ts, mmsi=mmsi)
 
 
+def eventually(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def bridge() -> Iterator[AsyncBridge]:
     bridge = AsyncBridge("test-storage-loop")
@@ -103,6 +130,17 @@ def bridge() -> Iterator[AsyncBridge]:
 def store(redis_url: str, bridge: AsyncBridge) -> Iterator[RedisStore]:
     store = RedisStore(redis_url, unique_name("shard") + ":")
     bridge.run(store.connect())
+    try:
+        yield store
+    finally:
+        bridge.run(store.close())
+
+
+@pytest.fixture
+def history(pg_url: str, bridge: AsyncBridge) -> Iterator[PostgresStore]:
+    store = PostgresStore(bridge.run(fresh_database(pg_url)), PostgresConfig())
+    bridge.run(store.connect())
+    bridge.run(store.migrate())
     try:
         yield store
     finally:
@@ -244,5 +282,58 @@ def test_when_redis_cannot_be_read_vessels_start_fresh(bridge: AsyncBridge) -> N
         send(shard, raw(pos(55.0, 10.0), NOW))
         assert len(rig.live.positions()) == 1
         assert rig.sample("aisfusion_vessel_rehydrations_total", result="error") == 1.0
+    finally:
+        shard.stop()
+
+
+def test_static_data_comes_back_from_postgres_when_a_vessel_actor_is_created(
+    history: PostgresStore, bridge: AsyncBridge
+) -> None:
+    # What an earlier run stored: a high-speed craft (ship type 40), first seen an hour ago.
+    known = StaticReport(MMSI, NOW - 600, name="FAST ONE", callsign="OXAB2", ship_type=40)
+    seen = VesselSeen(MMSI, NOW - 3600, NOW - 60, known)
+    bridge.run(history.write(HistoryBatch(1, [], [seen])))
+    rig = Rig(None, bridge, static_store=history)
+    shard = rig.start()
+    try:
+        send(shard, raw(pos(55.0, 10.0, speed=0.5), NOW))
+        eventually(lambda: shard.ask(VesselQuery(MMSI))["static"] is not None, "static data")
+        vessel = shard.ask(VesselQuery(MMSI))
+        assert (vessel["static"]["name"], vessel["static"]["ship_type"]) == ("FAST ONE", 40)
+        assert vessel["first_seen"] == NOW - 3600
+        # It gates as a high-speed craft: 60 kn in 50 s is no jump for one.
+        metres_60kn = 60 * KNOT_MPS * 50 + FusionConfig().jump_allowance_m
+        send(shard, raw(pos(north(55.0, metres_60kn), 10.0), NOW + 50, source="s2"))
+        assert rig.sample("aisfusion_vessel_rejected_total", reason="jump") == 0.0
+        # Its identity changes only once confirmed, as if the service had never stopped.
+        send(shard, raw(five(shipname="NEW NAME", ship_type=40), NOW + 60))
+        assert shard.ask(VesselQuery(MMSI))["static"]["name"] == "FAST ONE"
+        send(shard, other(MMSI + 7, NOW))  # never stored: a miss
+        eventually(
+            lambda: rig.sample("aisfusion_vessel_static_loads_total", result="miss") == 1.0,
+            "the miss",
+        )
+        assert rig.sample("aisfusion_vessel_static_loads_total", result="hit") == 1.0
+    finally:
+        shard.stop()
+
+
+def test_when_postgres_cannot_be_read_vessels_start_without_static_data(
+    bridge: AsyncBridge,
+) -> None:
+    unreachable = PostgresStore("postgresql://postgres@127.0.0.1:1/postgres", PostgresConfig())
+    rig = Rig(None, bridge, static_store=unreachable)  # never connected: every read fails
+    shard = rig.start()
+    try:
+        send(shard, raw(pos(55.0, 10.0), NOW))
+        assert len(rig.live.positions()) == 1
+        eventually(
+            lambda: rig.sample("aisfusion_vessel_static_loads_total", result="error") == 1.0,
+            "the failed read",
+        )
+        # For a while after, new vessels do not wait on PostgreSQL: no read, counted.
+        stats = send(shard, other(MMSI + 7, NOW))
+        assert stats["static_skipped"] == 1
+        assert rig.sample("aisfusion_vessel_static_loads_total", result="error") == 1.0
     finally:
         shard.stop()

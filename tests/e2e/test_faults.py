@@ -263,6 +263,50 @@ async def test_crashing_writer_escalates_and_a_restart_recovers_everything(
     assert await stored_rows(own_servers.postgres_url) == (PER_PHASE, PER_PHASE)
 
 
+async def test_a_restarted_service_keeps_each_vessels_static_data(
+    own_servers: EmbeddedServers, make_service: Any
+) -> None:
+    mmsi = 257_000_000  # one of the vessels of `positions`
+    loop = asyncio.get_running_loop()
+
+    async def identity(service: Service) -> tuple[str, int] | None:
+        vessel = await loop.run_in_executor(None, service.vessel, mmsi)
+        static = vessel["static"] if vessel else None
+        return (static["name"], static["ship_type"]) if static else None
+
+    async def report(service: Service, name: str) -> None:
+        fields = {"type": 5, "mmsi": mmsi, "shipname": name, "callsign": "OXAB2", "ship_type": 40}
+        _, writer = await asyncio.open_connection("127.0.0.1", service.feed_port)
+        writer.write(("\r\n".join(encode_dict(fields)) + "\r\n").encode())
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    service = await make_service(own_servers.postgres_url, own_servers.redis_url)
+    now = time.time()
+    await send(service, positions(0, now))
+    await report(service, "FAST ONE")
+    deadline = time.monotonic() + 30
+    while await identity(service) != ("FAST ONE", 40):
+        assert time.monotonic() < deadline, "the static report was not taken"
+        await asyncio.sleep(0.05)
+    await service.stop()
+
+    again = await make_service(own_servers.postgres_url, own_servers.redis_url)
+    await send(again, positions(1, now))  # the vessel actors are created anew
+    deadline = time.monotonic() + 30
+    while await identity(again) != ("FAST ONE", 40):
+        assert time.monotonic() < deadline, "static data did not come back from PostgreSQL"
+        await asyncio.sleep(0.05)
+    # A different name, heard once, waits for confirmation as it would have before the stop.
+    target = sample(again, "aisfusion_static_reports_total") + 1
+    await report(again, "OTHER NAME")
+    await wait_for(
+        lambda: sample(again, "aisfusion_static_reports_total") >= target, "the report decoded"
+    )
+    assert await identity(again) == ("FAST ONE", 40)
+
+
 async def test_a_crashing_shard_stops_the_service_and_the_others_lose_nothing(
     own_servers: EmbeddedServers, make_service: Any
 ) -> None:
