@@ -28,7 +28,8 @@ from typing import IO, Final, Literal
 
 import msgspec
 
-from aisfusion.simulator import EARTH_RADIUS_M, Fields, Fleet, SimReport, encode, tag_block
+from aisfusion.nmea_out import Fields, encode, tag_block
+from aisfusion.simulator import EARTH_RADIUS_M, Fleet, SimReport
 
 Fault = Literal["offset", "clock", "jumps"]
 FAULTS: Final = ("offset", "clock", "jumps")

@@ -18,8 +18,9 @@ from itertools import islice
 from os import PathLike
 from typing import IO, Final, Protocol
 
+from aisfusion.nmea_out import tag_block
 from aisfusion.receivers import Network, Receiver
-from aisfusion.simulator import Fleet, tag_block
+from aisfusion.simulator import Fleet
 
 logger = logging.getLogger(__name__)
 

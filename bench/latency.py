@@ -30,7 +30,8 @@ from typing import Any
 import uvloop
 from benchservice import embedded_service
 
-from aisfusion.simulator import Fleet, tag_block
+from aisfusion.nmea_out import tag_block
+from aisfusion.simulator import Fleet
 
 TICK_S = 0.005
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import uvloop
 from benchservice import embedded_service, sample
 
-from aisfusion.simulator import Fleet, tag_block
+from aisfusion.nmea_out import tag_block
+from aisfusion.simulator import Fleet
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -14,13 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pyais.encode import encode_dict
 
+from aisfusion.nmea_out import encode, tag_block
 from aisfusion.simulator import (
     CONTROL_PERIOD_S,
     Fleet,
     SimReport,
-    encode,
     generate_lines,
-    tag_block,
 )
 
 BBOX = (54.0, 3.0, 58.0, 12.0)

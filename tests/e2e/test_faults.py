@@ -24,7 +24,7 @@ from pyais.encode import encode_dict
 
 from aisfusion.app import Service
 from aisfusion.config import Config
-from aisfusion.simulator import tag_block
+from aisfusion.nmea_out import tag_block
 from aisfusion.storage.embedded import EmbeddedServers
 from aisfusion.storage.postgres import PostgresStore
 from tests.faults import StallingProxy

@@ -28,7 +28,8 @@ from aisfusion.actors.shard import ShardStats
 from aisfusion.app import Service
 from aisfusion.config import Config, load
 from aisfusion.errors import ConfigError
-from aisfusion.simulator import Fleet, tag_block
+from aisfusion.nmea_out import tag_block
+from aisfusion.simulator import Fleet
 from tests.dbs import fresh_database, unique_name
 
 
