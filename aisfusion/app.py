@@ -23,8 +23,9 @@ from aisfusion import __version__
 from aisfusion.actors.batcher import BatcherActor
 from aisfusion.actors.shard import ShardActor, ShardStats, VesselQuery, known_by_shard
 from aisfusion.actors.sources import SourcesActor, SourceTable, WeightBoard
+from aisfusion.commands import NEAR_MAX_KM
 from aisfusion.config import Config
-from aisfusion.control import NEAR_MAX_KM, ControlServer
+from aisfusion.control import ControlServer
 from aisfusion.feeds.manager import FeedSet
 from aisfusion.gauges import watch
 from aisfusion.heap import CollectorPolicy

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aisfusion.control import NEAR_MAX_KM, parse_time
+from aisfusion.commands import NEAR_MAX_KM, parse_time
 
 if TYPE_CHECKING:
     from aisfusion.app import Service
