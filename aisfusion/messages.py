@@ -8,6 +8,8 @@ live writer conflates `Position`s per vessel.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 
@@ -136,10 +138,12 @@ class BatchFailed(msgspec.Struct, frozen=True, gc=False):
 
 
 class ChildExited(msgspec.Struct, frozen=True):
-    """Supervised actor → its supervisor: it crashed (pykka `on_failure`)."""
+    """Supervised actor → its supervisor: it crashed (pykka `on_failure`). `ref` is the
+    incarnation that crashed."""
 
     name: str
     error: str
+    ref: Any = None
 
 
 # -- source quality ------------------------------------------------------------------------

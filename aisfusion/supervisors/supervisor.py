@@ -87,7 +87,7 @@ class SupervisedActor(_CrashReporting):
 
     def _report(self, error: str) -> None:
         with contextlib.suppress(pykka.ActorDeadError):  # the supervisor is stopping too
-            self._supervisor.tell(ChildExited(self.child_name, error))
+            self._supervisor.tell(ChildExited(self.child_name, error, self.actor_ref))
 
 
 class EscalatingActor(_CrashReporting):
@@ -171,11 +171,18 @@ class Supervisor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case ChildExited(name=name, error=error):
+            case ChildExited(name=name, error=error, ref=ref):
                 child = self._children.get(name)
-                if child is not None and child.restart_at is None:
+                if child is None:
+                    return None
+                if child.restart_at is None and child.slot.ref is ref:
                     child.slot.ref = None
                     self._failed(child, error)
+                else:
+                    # pykka marks a crashed actor stopped before it calls on_failure, so the
+                    # liveness check on a tick may have seen this exit first ("not alive"):
+                    # keep the real cause, without counting the failure twice.
+                    child.last_error = error
                 return None
             case Tick():
                 self._check_children()

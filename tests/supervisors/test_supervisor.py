@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,10 +78,48 @@ def tick(sup: pykka.ActorRef[Any]) -> dict[str, Any]:
 
 
 def crash(sup: pykka.ActorRef[Any], name: str) -> None:
+    """Crash child `name` and wait until its supervisor has its report (no tick meanwhile)."""
     slot = sup.proxy().slot(name).get()
     ref = slot.ref
     ref.tell("crash")
     ref.actor_stopped.wait(5)
+    deadline = time.monotonic() + 5
+    while tree(sup)[name]["last_error"] is None:
+        assert time.monotonic() < deadline, "the crash was not reported"
+        time.sleep(0.005)
+
+
+class SlowReporter(Worker):
+    """Reports its crash only when allowed: pykka has marked it stopped long before."""
+
+    report = threading.Event()
+
+    def _report(self, error: str) -> None:
+        SlowReporter.report.wait(5)
+        super()._report(error)
+
+
+def test_a_crash_seen_first_by_the_liveness_check_keeps_its_cause_and_counts_once() -> None:
+    clock, escalations = Clock(), []
+    SlowReporter.report.clear()
+    spec = ChildSpec("a", lambda sup: SlowReporter.start("a", sup))
+    policy = RestartPolicy(max_restarts=3, within_s=60, backoff_min_s=1.0)
+    sup = Supervisor.start("sup", policy, [spec], escalations.append, Metrics(), clock)
+    ref = sup.proxy().slot("a").get().ref
+    ref.tell("crash")
+    ref.actor_stopped.wait(5)
+    seen = tick(sup)["a"]  # before the crash report: only "not alive" is known
+    assert (seen["state"], seen["restarts"], seen["last_error"]) == ("restarting", 1, "not alive")
+    SlowReporter.report.set()
+    deadline = time.monotonic() + 5
+    while tree(sup)["a"]["last_error"] == "not alive":
+        assert time.monotonic() < deadline, "the crash report did not arrive"
+        time.sleep(0.005)
+    after = tree(sup)["a"]
+    assert (after["state"], after["restarts"]) == ("restarting", 1)
+    assert "boom" in after["last_error"]
+    clock.now += 1.1
+    assert (tick(sup)["a"]["state"], Worker.starts["a"]) == ("running", 2)
 
 
 def test_crashed_child_is_restarted_after_backoff() -> None:
