@@ -84,7 +84,7 @@ def crash(sup: pykka.ActorRef[Any], name: str) -> None:
     ref.tell("crash")
     ref.actor_stopped.wait(5)
     deadline = time.monotonic() + 5
-    while tree(sup)[name]["last_error"] is None:
+    while tree(sup)[name]["state"] != "restarting":
         assert time.monotonic() < deadline, "the crash was not reported"
         time.sleep(0.005)
 
