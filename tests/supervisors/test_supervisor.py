@@ -81,10 +81,11 @@ def crash(sup: pykka.ActorRef[Any], name: str) -> None:
     """Crash child `name` and wait until its supervisor has its report (no tick meanwhile)."""
     slot = sup.proxy().slot(name).get()
     ref = slot.ref
+    before = tree(sup)[name]["restarts"]
     ref.tell("crash")
     ref.actor_stopped.wait(5)
     deadline = time.monotonic() + 5
-    while tree(sup)[name]["state"] != "restarting":
+    while tree(sup)[name]["restarts"] == before and not sup.ask(SupervisionTree())["escalated"]:
         assert time.monotonic() < deadline, "the crash was not reported"
         time.sleep(0.005)
 
