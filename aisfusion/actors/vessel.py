@@ -13,7 +13,9 @@ about it is atomic without locks. For each raw message of its MMSI, in order (DE
 5. cross-check the receive time against the message's own UTC second: a mismatch beyond the
    tolerance is the receiver's clock error, the time is corrected to the UTC second;
 6. gate: a position implying an impossible speed from the live position (by class) is a jump
-   and waits in quarantine until another source corroborates it;
+   and waits in quarantine until another source corroborates it. It counts against its source
+   only once a second source has vouched for the track it jumps from: until then, whichever
+   receiver was heard first may be the wrong one;
 7. accept: every accepted observation goes to history; among the observations newer than the
    live position, the best score (source weight x quality x freshness x corroboration)
    becomes live.
@@ -107,6 +109,7 @@ class Vessel:
         "static",
         "touched",
         "votes",
+        "vouched",
         "window_size",
     )
 
@@ -120,6 +123,8 @@ class Vessel:
         self.recent: tuple[_Seen, ...] = ()
         self.live: Observation | None = None
         self.last: Position | None = None  # the live decision
+        # Whether a second source has vouched for the track the live decision continues.
+        self.vouched = False
         self.pending: tuple[Observation, ...] = ()
         self.quarantine_size = quarantine_size
         self.quarantine: tuple[Observation, ...] = ()
@@ -140,6 +145,7 @@ class Vessel:
         key = source_key(position.source, position.station)
         self.live = _observation(position, key, fusion.SECOND_NA, position.msg_type)
         self.last = position
+        self.vouched = True  # a decision of the fused picture
         self.interval_s = fusion.report_interval_s(
             position.msg_type, position.sog, position.nav_status
         )
@@ -250,6 +256,8 @@ class Vessel:
         else:
             tally.grade("witness", 1.0)
         obs.support = (*obs.support, key)
+        if obs is self.live:
+            self.vouched = True
         if obs in self.quarantine:
             self._release(obs, b)
         elif obs is not self.live and obs in self.pending:
@@ -313,8 +321,10 @@ class Vessel:
                 self.quarantine = (*q[max(0, len(q) + 1 - self.quarantine_size) :], obs)
                 b.rejects["jump"] += 1
                 # Only another source can contradict a source: a jump from the source's own
-                # last position may as well be the vessel's (bad GPS, a shared MMSI).
-                if key in live.support:
+                # last position may as well be the vessel's (bad GPS, a shared MMSI). And only
+                # a track two sources vouch for convicts it: against one other source's word
+                # either may be wrong (whichever receiver is heard first seeds a track).
+                if key in live.support or not self.vouched:
                     tally.outcomes["jump"] += 1
                 elif not graded:
                     tally.grade("jump", 0.0)
@@ -390,7 +400,8 @@ class Vessel:
     def _grade(
         self, live: Observation | None, obs: Observation, tally: Tally, cfg: FusionConfig
     ) -> None:
-        """Agreement of an accepted observation with the live decision of other sources."""
+        """Agreement of an accepted observation with the live decision of other sources
+        (a disagreement counts against it only on a track two sources vouch for)."""
         if live is None or obs.support[0] in live.support:
             tally.outcomes["ungraded"] += 1
             return
@@ -401,7 +412,13 @@ class Vessel:
             return
         lat, lon = fusion.dead_reckon(ref.lat, ref.lon, ref.sog, ref.cog, dt)
         value = fusion.agreement(fusion.distance_m(lat, lon, p.lat, p.lon), dt, cfg)
-        tally.grade("agreed" if value >= 0.5 else "disagreed", value)
+        if value >= 0.5:
+            tally.grade("agreed", value)
+            self.vouched = True  # another source puts the vessel on the same track
+        elif self.vouched:
+            tally.grade("disagreed", value)
+        else:
+            tally.outcomes["disagreed"] += 1  # one source's word against another's
 
     def _accept(self, obs: Observation, b: Batch, *, decide: bool = True) -> None:
         p = obs.position
@@ -449,6 +466,11 @@ class Vessel:
                     best, best_score = obs, s
         if best is live or best is None:
             return
+        if live is None or abs(best.ts - live.ts) > fusion.track_timeout_s(
+            self.interval_s, b.fusion
+        ):
+            self.vouched = False  # a new track (the old one went stale)
+        self.vouched = self.vouched or len(best.support) > 1
         self.live = best
         self.last = best.position
         self.interval_s = fusion.report_interval_s(
@@ -475,6 +497,7 @@ class Vessel:
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
             "support": list(live.support) if live is not None else [],
+            "vouched": self.vouched,
             "window": len(self.recent),
             "pending": len(self.pending),
             "quarantine": [

@@ -295,6 +295,46 @@ def test_jump_from_the_sources_own_position_is_not_held_against_it() -> None:
     assert b.tallies["s1"].scored == 0
 
 
+def test_a_jump_is_held_against_a_source_only_when_two_others_vouch_for_the_track() -> None:
+    # Whichever receiver is heard first seeds the track: against that one source's word the
+    # newcomer may be the one that is right.
+    v = Vessel(MMSI, 16)
+    first = raw(pos(55.0, 10.0), NOW, source="s1")
+    feed(v, first)
+    b = feed(v, raw(pos(north(55.0, 20_000), 10.0), NOW + 10, source="s2"))
+    assert b.rejects == {"jump": 1}
+    assert (b.tallies["s2"].scored, b.tallies["s2"].outcomes["jump"]) == (0, 1)
+    # Once a second receiver has heard the track's transmission, a jump is a fault.
+    feed(v, heard(first, "s3", 0.5))
+    b = feed(v, raw(pos(north(55.0, 20_000), 10.0), NOW + 20, source="s2"))
+    assert (b.tallies["s2"].scored, b.tallies["s2"].score_sum) == (1, 0.0)
+
+
+def test_a_disagreement_counts_against_a_source_only_on_a_vouched_track() -> None:
+    still = {"speed": 0.0, "course": 0.0}
+    off = north(55.0, 800)  # 800 m in 60 s: no jump, but far beyond the agreement tolerance
+
+    def at(v: Vessel, lat: float, t: float, source: str) -> Batch:
+        return feed(v, raw(pos(lat, 10.0, **still), NOW + t, source=source), batch(now=NOW + t))
+
+    v = Vessel(MMSI, 16)
+    at(v, 55.0, 0, "s1")
+    b = at(v, off, 60, "s2")
+    assert (b.tallies["s2"].scored, b.tallies["s2"].outcomes["disagreed"]) == (0, 1)
+    v = Vessel(MMSI, 16)
+    at(v, 55.0, 0, "s1")
+    b = at(v, 55.0, 10, "s3")
+    assert b.tallies["s3"].outcomes["agreed"] == 1  # a second source: the track is vouched
+    b = at(v, off, 70, "s2")
+    assert (b.tallies["s2"].scored, b.tallies["s2"].outcomes["disagreed"]) == (1, 1)
+    assert b.tallies["s2"].score_sum < 0.5
+    assert v.snapshot()["vouched"]
+    # After the track went stale (three missed reports), the next report starts a new one.
+    at(v, north(55.0, 5_000), 700, "s2")
+    assert v.last is not None and v.last.ts == NOW + 700
+    assert not v.snapshot()["vouched"]
+
+
 def test_gate_is_class_aware() -> None:
     def jumps(first: dict[str, Any], then: dict[str, Any], static: int | None = None) -> bool:
         v = Vessel(MMSI, 16)
