@@ -190,7 +190,7 @@ def _position(p: dict[str, Any]) -> str:
 
 
 _SHOWN = {"mmsi", "shard", "last", "static", "first_seen", "last_seen", "support", "window"}
-_SHOWN |= {"pending", "quarantine", "unconfirmed"}
+_SHOWN |= {"pending", "quarantine", "unconfirmed", "vouched"}
 
 
 def render_vessel(data: dict[str, Any]) -> str:
@@ -215,6 +215,14 @@ def render_vessel(data: dict[str, Any]) -> str:
                     + ", ".join(map(str, support))
                     if support
                     else "restored from its live record"
+                )
+            )
+            out.append(
+                "  track: "
+                + (
+                    "vouched for by a second source (a jump from it counts against its source)"
+                    if actor.get("vouched")
+                    else "one source's word so far (a jump from it counts against no one yet)"
                 )
             )
         out.append(

@@ -264,6 +264,7 @@ def test_vessel_sources_and_near(service: Running) -> None:
     assert "vessel 257300007: actor in shard" in text
     assert re.search(r"last decision: 59\.90700 10\.70000 at .*SOG 4 kn.*from tcp", text), text
     assert "why: " in text
+    assert re.search(r"track: (vouched for by a second source|one source's word so far)", text)
     assert re.search(r"live record \(Redis\): lat=59\.907", text), text
 
     unknown = ok(service, "vessel 999999")
