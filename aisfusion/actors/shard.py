@@ -15,12 +15,8 @@ and, least recently used first, when the shard holds more than its share of
 are also kept in memory (with their static data), so a vessel that comes back before the live
 writer's next flush never sees an older record.
 
-Static data (name, ship type, ...) of a vessel created without it in memory is read from the
-`vessels` table in PostgreSQL, without holding up ingest: one read in flight per shard, its
-answer told back to the shard (`StaticLoaded`). Until it lands (milliseconds) the vessel gates
-without its ship type; a static report heard in between is newer and wins. Without this, a
-restarted service would let the first report after a restart change a vessel's identity
-unconfirmed, and gate a high-speed craft as a ship until its next static report (6 minutes).
+Static data (name, ship type, ...) of a vessel created without it in memory is read back from
+PostgreSQL without holding up ingest (`actors.static_loader`).
 
 Scale-out (`actors.instances` > 1): every instance reads the same feeds and its shards keep only
 the MMSIs with ``mmsi % instances == instance``, counting the others as `skipped` in their
@@ -30,9 +26,6 @@ instances): ``mmsi % shards`` over the kept MMSIs then still reaches every shard
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import logging
 import math
 import time
@@ -45,6 +38,7 @@ import pykka
 
 from aisfusion.actors.batch import Batch
 from aisfusion.actors.sources import Subscribe, WeightBoard, base_weight
+from aisfusion.actors.static_loader import StaticLoaded, StaticLoader
 from aisfusion.actors.vessel import Vessel
 from aisfusion.config import ActorsConfig, FusionConfig, SourcesConfig
 from aisfusion.messages import (
@@ -70,18 +64,6 @@ _PARKED_MAX = 4096  # recently passivated decisions kept in memory
 _SWEEP_INTERVAL_S = 1.0
 _REHYDRATE_TIMEOUT_S = 2.0
 _REHYDRATE_BACKOFF_S = 5.0  # after a failed read, new vessels start fresh for this long
-_STATIC_TIMEOUT_S = 5.0
-_STATIC_FIELDS = (
-    "name",
-    "callsign",
-    "imo",
-    "ship_type",
-    "destination",
-    "to_bow",
-    "to_stern",
-    "to_port",
-    "to_starboard",
-)
 
 
 class VesselQuery(msgspec.Struct, frozen=True):
@@ -92,24 +74,6 @@ class VesselQuery(msgspec.Struct, frozen=True):
 
 class ShardStats(msgspec.Struct, frozen=True):
     """Control (ask): the shard's own statistics."""
-
-
-class StaticLoaded(msgspec.Struct, frozen=True):
-    """Internal (tell, from the storage loop): what PostgreSQL knows of `asked` vessels:
-    mmsi -> (static data or None, first seen); `error` when the read failed."""
-
-    asked: int
-    found: dict[int, tuple[StaticReport | None, float]]
-    error: str | None = None
-
-
-def static_from_row(row: dict[str, Any]) -> StaticReport | None:
-    """A `vessels` row (`PostgresStore.vessels`) as static data as of its last sighting; None
-    when it has no static field."""
-    fields = {name: row[name] for name in _STATIC_FIELDS if row.get(name) is not None}
-    if not fields:
-        return None
-    return StaticReport(mmsi=row["mmsi"], ts=row["last_seen"], **fields)
 
 
 def known_by_shard(mmsis: list[int], shards: int) -> list[set[int]]:
@@ -173,9 +137,11 @@ class ShardActor(EscalatingActor):
         self._sources = sources
         self._store = store
         self._bridge = bridge
-        self._static_store = static_store
-        self._static_wanted: set[int] = set()  # created without static data, not yet asked
-        self._static_loading = False
+        self._statics = (
+            StaticLoader(*static_store, metrics, self._count, index)
+            if static_store is not None
+            else None
+        )
         self._metrics = metrics
         self._clock = clock
         self._max_vessels = max(1, math.ceil(config.max_vessels / max(1, shards)))
@@ -188,7 +154,6 @@ class ShardActor(EscalatingActor):
         self._fallback: dict[str, float] = {}
         self._next_sweep = -math.inf
         self._redis_retry_at = -math.inf
-        self._static_retry_at = -math.inf
         self.processed = 0
         self.stats: Counter[str] = Counter()
 
@@ -206,7 +171,8 @@ class ShardActor(EscalatingActor):
                 self._weights = message  # a fresh immutable snapshot: swap the reference
                 return None
             case StaticLoaded():
-                self._static_loaded(message, self._clock())
+                if self._statics is not None:
+                    self._statics.loaded(message, self.vessels, self._clock(), self.actor_ref)
                 return None
             case Tick():
                 self._sweep(self._clock())
@@ -341,72 +307,9 @@ class ShardActor(EscalatingActor):
         if misses:
             m.vessel_rehydrations.labels("miss").inc(misses)
             self._count("rehydrate_misses", misses)
-        if self._static_store is not None:
-            self._static_wanted.update(mmsi for mmsi in mmsis if self.vessels[mmsi].static is None)
-            self._load_static(now)
-
-    def _load_static(self, now: float) -> None:
-        """Ask PostgreSQL for the static data of the vessels waiting for it (one read in
-        flight; its answer comes back as `StaticLoaded`)."""
-        if self._static_loading or not self._static_wanted or self._static_store is None:
-            return
-        mmsis = sorted(self._static_wanted)
-        self._static_wanted.clear()
-        if now < self._static_retry_at:
-            self._count("static_skipped", len(mmsis))  # PostgreSQL failed a moment ago
-            return
-        store, bridge = self._static_store
-        read = asyncio.wait_for(store.vessels(mmsis, include_deleted=True), _STATIC_TIMEOUT_S)
-        try:
-            future = bridge.submit(read)
-        except RuntimeError:  # the storage loop is stopping with the service
-            return
-        self._static_loading = True
-        me = self.actor_ref
-
-        def loaded(done: concurrent.futures.Future[dict[int, dict[str, Any]]]) -> None:
-            try:
-                rows = done.result()
-            except BaseException as exc:  # timeout, cancelled, PostgreSQL down: counted
-                answer = StaticLoaded(len(mmsis), {}, repr(exc))
-            else:
-                found = {m: (static_from_row(r), r["first_seen"]) for m, r in rows.items()}
-                answer = StaticLoaded(len(mmsis), found)
-            with contextlib.suppress(pykka.ActorDeadError):
-                me.tell(answer)
-
-        future.add_done_callback(loaded)
-
-    def _static_loaded(self, message: StaticLoaded, now: float) -> None:
-        self._static_loading = False
-        m = self._metrics
-        if message.error is not None:
-            self._static_retry_at = now + _REHYDRATE_BACKOFF_S
-            m.vessel_static_loads.labels("error").inc(message.asked)
-            self._count("static_errors", message.asked)
-            log.warning(
-                "shard %d: cannot read the static data of %d vessels from PostgreSQL, "
-                "new vessels start without it for %.0f s: %s",
-                self.index,
-                message.asked,
-                _REHYDRATE_BACKOFF_S,
-                message.error,
-            )
-        else:
-            hits = 0
-            for mmsi, (static, first_seen) in message.found.items():
-                vessel = self.vessels.get(mmsi)
-                if vessel is None:
-                    continue  # passivated since: the next activation asks again
-                vessel.first_seen = min(vessel.first_seen, first_seen)
-                if static is not None and vessel.static is None:  # else a newer report won
-                    vessel.static = static
-                    hits += 1
-            m.vessel_static_loads.labels("hit").inc(hits)
-            m.vessel_static_loads.labels("miss").inc(message.asked - hits)
-            self._count("static_hits", hits)
-            self._count("static_misses", message.asked - hits)
-        self._load_static(now)
+        if self._statics is not None:
+            wanted = [mmsi for mmsi in mmsis if self.vessels[mmsi].static is None]
+            self._statics.want(wanted, now, self.actor_ref)
 
     def _read_live(self, mmsis: list[int], now: float) -> dict[int, Position] | None:
         """The saved decisions of `mmsis` found in Redis; None if Redis cannot be read."""
