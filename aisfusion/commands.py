@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ASK_TIMEOUT_S = 5.0
+MMSI_MAX = 999_999_999
 NEAR_MAX_KM = 500.0  # a dense 50 km GEOSEARCH already blocks Redis for milliseconds
 
 
@@ -114,7 +115,9 @@ def encode(reply: dict[str, Any]) -> bytes:
     return json.dumps(reply, default=_jsonable).encode() + b"\n"
 
 
-def _number(text: str, what: str, low: float, high: float) -> float:
+def number(text: str, what: str, low: float, high: float) -> float:
+    """`text` as a finite number within [low, high]; a `UsageError` naming `what` otherwise
+    (the HTTP read API parses its query with it too)."""
     try:
         value = float(text)
     except ValueError:
@@ -124,7 +127,8 @@ def _number(text: str, what: str, low: float, high: float) -> float:
     return value
 
 
-def _integer(text: str, what: str, low: int, high: int) -> int:
+def integer(text: str, what: str, low: int, high: int) -> int:
+    """`text` as a whole number within [low, high]; a `UsageError` naming `what` otherwise."""
     try:
         value = int(text)
     except ValueError:
@@ -256,7 +260,7 @@ class Commands:
                 numbers = [m for m in more if m != "parked"]
                 if len(numbers) > 1:
                     raise UsageError("peek takes one count")
-                limit = _integer(numbers[0], "N", 1, 1000) if numbers else 10
+                limit = integer(numbers[0], "N", 1, 1000) if numbers else 10
                 return {
                     "parked": parked,
                     "entries": service.dlq("peek", limit=limit, parked=parked),
@@ -272,7 +276,7 @@ class Commands:
     def vessel(self, args: list[str]) -> Any:
         if len(args) != 1:
             raise UsageError("expected one MMSI")
-        mmsi = _integer(args[0], "MMSI", 0, 999_999_999)
+        mmsi = integer(args[0], "MMSI", 0, MMSI_MAX)
         service = self.service
         actor = service.vessel(mmsi, timeout=ASK_TIMEOUT_S)
         live: dict[str, str] | None = None
@@ -301,10 +305,10 @@ class Commands:
     def near(self, args: list[str]) -> Any:
         if len(args) not in (3, 4):
             raise UsageError("expected LAT LON KM [LIMIT]")
-        lat = _number(args[0], "LAT", -90.0, 90.0)
-        lon = _number(args[1], "LON", -180.0, 180.0)
-        km = _number(args[2], "KM", 0.001, NEAR_MAX_KM)
-        limit = _integer(args[3], "LIMIT", 1, 1000) if len(args) == 4 else 20
+        lat = number(args[0], "LAT", -90.0, 90.0)
+        lon = number(args[1], "LON", -180.0, 180.0)
+        km = number(args[2], "KM", 0.001, NEAR_MAX_KM)
+        limit = integer(args[3], "LIMIT", 1, 1000) if len(args) == 4 else 20
         return {
             "lat": lat,
             "lon": lon,
@@ -315,12 +319,12 @@ class Commands:
     def track(self, args: list[str]) -> Any:
         if len(args) not in (3, 4):
             raise UsageError("expected MMSI FROM TO [LIMIT]")
-        mmsi = _integer(args[0], "MMSI", 0, 999_999_999)
+        mmsi = integer(args[0], "MMSI", 0, MMSI_MAX)
         try:
             start, end = parse_time(args[1]), parse_time(args[2])
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        limit = _integer(args[3], "LIMIT", 1, 100_000) if len(args) == 4 else 1000
+        limit = integer(args[3], "LIMIT", 1, 100_000) if len(args) == 4 else 1000
         return {
             "mmsi": mmsi,
             "from": start,

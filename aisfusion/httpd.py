@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aisfusion.commands import NEAR_MAX_KM, parse_time
+from aisfusion.commands import MMSI_MAX, NEAR_MAX_KM, integer, number, parse_time
 
 if TYPE_CHECKING:
     from aisfusion.app import Service
@@ -171,19 +171,11 @@ def _number(
         if default is None:
             raise ValueError(f"missing query parameter {name!r}")
         return default
-    try:
-        value = float(query[name])
-    except ValueError:
-        raise ValueError(f"{name}: not a number: {query[name]!r}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name}: {value:g} is outside {low:g}..{high:g}")
-    return value
+    return number(query[name], name, low, high)
 
 
 def _mmsi(text: str) -> int:
-    if not text.isdigit() or int(text) > 999_999_999:
-        raise ValueError(f"not an MMSI: {text!r}")
-    return int(text)
+    return integer(text, "MMSI", 0, MMSI_MAX)
 
 
 class _Server(ThreadingHTTPServer):

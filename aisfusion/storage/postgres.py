@@ -339,12 +339,7 @@ class PostgresStore:
     async def vessel(self, mmsi: int, *, include_deleted: bool = False) -> dict[str, Any] | None:
         """A vessel's static data and first/last seen (UNIX s); None if unknown, or
         soft-deleted and `include_deleted` is false."""
-        query = f"SELECT {_VESSEL_COLUMNS} FROM vessels WHERE mmsi = $1"  # noqa: S608 - constant
-        if not include_deleted:
-            query += " AND deleted_at IS NULL"
-        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
-            row = await conn.fetchrow(query, mmsi)
-        return None if row is None else dict(row)
+        return (await self.vessels([mmsi], include_deleted=include_deleted)).get(mmsi)
 
     async def vessels(
         self, mmsis: list[int], *, include_deleted: bool = False
