@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from pyais.bit_vector import bit_vector
@@ -73,6 +73,14 @@ class Observation(msgspec.Struct, gc=False, eq=False):
     support: tuple[str, ...]  # distinct sources; the first is the one it came from
     second: int  # its UTC second field (60: not available)
     msg_type: int
+
+
+_T = TypeVar("_T")
+
+
+def _appended(window: tuple[_T, ...], item: _T, size: int) -> tuple[_T, ...]:
+    """`window` with `item` added, keeping the newest `size` (the windows are tuples)."""
+    return (*window[max(0, len(window) + 1 - size) :], item)
 
 
 def _observation(position: Position, key: str, second: int, msg_type: int) -> Observation:
@@ -191,8 +199,7 @@ class Vessel:
                 self._witness(seen, msg, key, ts, b)
                 return
         seen = _Seen(payload, ts, msg.arrival, key, msg.source)
-        recent = self.recent
-        self.recent = (*recent[max(0, len(recent) + 1 - self.window_size) :], seen)
+        self.recent = _appended(self.recent, seen, self.window_size)
         deduped = perf_counter()
         try:
             # Full-length class A/B position reports (most of the traffic) by hand; the rest
@@ -317,8 +324,7 @@ class Vessel:
         if live is not None and self._is_jump(live, obs, b):
             partner = self._corroborating(obs, b)
             if partner is None:
-                q = self.quarantine
-                self.quarantine = (*q[max(0, len(q) + 1 - self.quarantine_size) :], obs)
+                self.quarantine = _appended(self.quarantine, obs, self.quarantine_size)
                 b.rejects["jump"] += 1
                 # Only another source can contradict a source: a jump from the source's own
                 # last position may as well be the vessel's (bad GPS, a shared MMSI). And only
@@ -423,8 +429,7 @@ class Vessel:
     def _accept(self, obs: Observation, b: Batch, *, decide: bool = True) -> None:
         p = obs.position
         b.history.append(p)
-        emitted = self.emitted
-        self.emitted = (*emitted[max(0, len(emitted) + 1 - _EMITTED_MAX) :], p.ts)
+        self.emitted = _appended(self.emitted, p.ts, _EMITTED_MAX)
         self.newest_ts = max(self.newest_ts, p.ts)
         live = self.live
         if live is not None and p.ts <= live.ts:
@@ -466,11 +471,11 @@ class Vessel:
                     best, best_score = obs, s
         if best is live or best is None:
             return
-        if live is None or abs(best.ts - live.ts) > fusion.track_timeout_s(
+        # The track goes on (vouched as before) unless the old one went stale.
+        same_track = live is not None and abs(best.ts - live.ts) <= fusion.track_timeout_s(
             self.interval_s, b.fusion
-        ):
-            self.vouched = False  # a new track (the old one went stale)
-        self.vouched = self.vouched or len(best.support) > 1
+        )
+        self.vouched = (same_track and self.vouched) or len(best.support) > 1
         self.live = best
         self.last = best.position
         self.interval_s = fusion.report_interval_s(
