@@ -2,7 +2,8 @@
 
 `apt-get install` would also register and start system services, so only the files are taken:
 `apt-get download` the packages, then `dpkg-deb -x` them into a directory of ours. Used by
-`tests/promtool.py` and `tests/storage/pgbouncer.py`.
+`tests/promtool.py` and `tests/storage/pgbouncer.py`, which also share how a binary is looked
+for (`find_binary`) and their ``python -m`` report (`report`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,41 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+
+def find_binary(env_var: str, local: Path, name: str) -> Path | None:
+    """The binary to use: `$env_var`, else our extracted copy at `local`, else `name` on the
+    PATH; None when there is none."""
+    given = os.environ.get(env_var)
+    if given:
+        return Path(given)
+    if local.is_file() and os.access(local, os.X_OK):
+        return local
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def report(
+    name: str,
+    ensure: Callable[[], Path],
+    environment: Callable[[Path], dict[str, str]] | None = None,
+) -> int:
+    """Find or install `name` and print which one is in use (a module's ``python -m``)."""
+    try:
+        path = ensure()
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    env = environment(path) if environment is not None else None
+    version = subprocess.run(
+        [str(path), "--version"], capture_output=True, text=True, check=False, env=env
+    ).stdout.splitlines()
+    print(f"{name}: {path} ({version[0] if version else 'unknown version'})", file=sys.stderr)
+    return 0
 
 
 def extract_packages(packages: tuple[str, ...], dest: Path) -> None:

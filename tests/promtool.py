@@ -13,14 +13,12 @@ Looked for, in order: `$PROMTOOL`, `.venv/bin/promtool`, `promtool` on the PATH.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.debian import extract_packages
+from tests.debian import extract_packages, find_binary, report
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_PROMTOOL = REPO / ".venv" / "bin" / "promtool"
@@ -28,13 +26,7 @@ VENV_PROMTOOL = REPO / ".venv" / "bin" / "promtool"
 
 def find() -> Path | None:
     """The promtool to use, or None."""
-    given = os.environ.get("PROMTOOL")
-    if given:
-        return Path(given)
-    if VENV_PROMTOOL.is_file() and os.access(VENV_PROMTOOL, os.X_OK):
-        return VENV_PROMTOOL
-    found = shutil.which("promtool")
-    return Path(found) if found else None
+    return find_binary("PROMTOOL", VENV_PROMTOOL, "promtool")
 
 
 def install(target: Path = VENV_PROMTOOL) -> Path:
@@ -59,16 +51,7 @@ def ensure() -> Path:
 
 
 def main() -> int:
-    try:
-        path = ensure()
-    except (RuntimeError, subprocess.CalledProcessError) as exc:
-        print(f"promtool: {exc}", file=sys.stderr)
-        return 1
-    version = subprocess.run(
-        [str(path), "--version"], capture_output=True, text=True, check=False
-    ).stdout.splitlines()
-    print(f"promtool: {path} ({version[0] if version else 'unknown version'})", file=sys.stderr)
-    return 0
+    return report("promtool", ensure)
 
 
 if __name__ == "__main__":

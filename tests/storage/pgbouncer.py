@@ -18,12 +18,10 @@ Looked for, in order: `$PGBOUNCER` (a binary), `.venv/pgbouncer/usr/sbin/pgbounc
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.debian import extract_packages
+from tests.debian import extract_packages, find_binary, report
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = REPO / ".venv" / "pgbouncer"
@@ -32,13 +30,7 @@ PACKAGES = ("pgbouncer", "libc-ares2")
 
 
 def find() -> Path | None:
-    given = os.environ.get("PGBOUNCER")
-    if given:
-        return Path(given)
-    if BINARY.is_file() and os.access(BINARY, os.X_OK):
-        return BINARY
-    found = shutil.which("pgbouncer")
-    return Path(found) if found else None
+    return find_binary("PGBOUNCER", BINARY, "pgbouncer")
 
 
 def environment(binary: Path) -> dict[str, str]:
@@ -66,16 +58,7 @@ def ensure() -> Path:
 
 
 def main() -> int:
-    try:
-        path = ensure()
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-        print(f"pgbouncer: {exc}", file=sys.stderr)
-        return 1
-    version = subprocess.run(
-        [str(path), "--version"], capture_output=True, text=True, check=False, env=environment(path)
-    ).stdout.splitlines()
-    print(f"pgbouncer: {path} ({version[0] if version else 'unknown version'})", file=sys.stderr)
-    return 0
+    return report("pgbouncer", ensure, environment)
 
 
 if __name__ == "__main__":
