@@ -13,7 +13,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +103,17 @@ def sample(service: Service, name: str, labels: dict[str, str] | None = None) ->
     return service.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
 
-async def wait_for(condition: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], what: str, limit_s: float = 30.0
+) -> None:
+    """Poll `condition` (a function, or a coroutine function) until it holds."""
     deadline = time.monotonic() + limit_s
-    while not condition():
+    while True:
+        met = condition()
+        if not isinstance(met, bool):
+            met = await met
+        if met:
+            return
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
@@ -274,6 +282,9 @@ async def test_a_restarted_service_keeps_each_vessels_static_data(
         static = vessel["static"] if vessel else None
         return (static["name"], static["ship_type"]) if static else None
 
+    async def known(service: Service) -> bool:
+        return await identity(service) == ("FAST ONE", 40)
+
     async def report(service: Service, name: str) -> None:
         fields = {"type": 5, "mmsi": mmsi, "shipname": name, "callsign": "OXAB2", "ship_type": 40}
         _, writer = await asyncio.open_connection("127.0.0.1", service.feed_port)
@@ -286,18 +297,12 @@ async def test_a_restarted_service_keeps_each_vessels_static_data(
     now = time.time()
     await send(service, positions(0, now))
     await report(service, "FAST ONE")
-    deadline = time.monotonic() + 30
-    while await identity(service) != ("FAST ONE", 40):
-        assert time.monotonic() < deadline, "the static report was not taken"
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: known(service), "the static report to be taken")
     await service.stop()
 
     again = await make_service(own_servers.postgres_url, own_servers.redis_url)
     await send(again, positions(1, now))  # the vessel actors are created anew
-    deadline = time.monotonic() + 30
-    while await identity(again) != ("FAST ONE", 40):
-        assert time.monotonic() < deadline, "static data did not come back from PostgreSQL"
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: known(again), "static data to come back from PostgreSQL")
     # A different name, heard once, waits for confirmation as it would have before the stop.
     target = sample(again, "aisfusion_static_reports_total") + 1
     await report(again, "OTHER NAME")
