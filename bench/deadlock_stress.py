@@ -12,12 +12,12 @@ opposite orders: the run must report 0 deadlocks.
 `--unsorted` writes the same batches with the same SQL but in their shuffled order (what the
 store does not do) to show what the sorting prevents.
 
-    .venv/bin/python bench/deadlock_stress.py [--writers 4] [--seconds 8] [--vessels 2000]
-        [--batch 500] [--url postgresql://…] [--unsorted]
+    .venv/bin/python bench/deadlock_stress.py [--writers 4] [--seconds 8 | --batches N]
+        [--vessels 2000] [--batch 500] [--url postgresql://…] [--unsorted]
 
 Without `--url` it starts an embedded PostgreSQL. Prints deadlocks, other errors and committed
 rows per second; exits 1 when there was any deadlock or error in the sorted mode.
-`tests/storage/test_deadlock.py` runs a three-second variant.
+`tests/storage/test_deadlock.py` runs a short variant (a fixed number of batches per writer).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ import uvloop
 
 from aisfusion.config import PostgresConfig
 from aisfusion.messages import HistoryBatch, Position, StaticReport, VesselSeen
-from aisfusion.storage.embedded import EmbeddedServers
+from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
 from aisfusion.storage.partitions import day_of
 from aisfusion.storage.postgres import (
     INSERT_POSITIONS,
@@ -86,6 +85,12 @@ def make_batch(rng: random.Random, batch_id: int, vessels: int, size: int) -> Hi
     return HistoryBatch(batch_id, positions, seen)
 
 
+# The store's insert without its ORDER BY (checked, so a change to it cannot silently make the
+# unsorted mode sorted).
+_UNSORTED_INSERT = INSERT_POSITIONS.replace(" ORDER BY mmsi, ts", "")
+assert _UNSORTED_INSERT != INSERT_POSITIONS, "INSERT_POSITIONS no longer orders by mmsi, ts"
+
+
 async def write_unsorted(store: PostgresStore, batch: HistoryBatch) -> int:
     """The store's SQL in the batch's own (shuffled) order: what the sorting prevents."""
     await store.ensure_partitions({day_of(p.ts) for p in batch.positions})
@@ -96,7 +101,7 @@ async def write_unsorted(store: PostgresStore, batch: HistoryBatch) -> int:
         await conn.copy_records_to_table(
             "positions_staging", records=[position_record(p) for p in batch.positions]
         )
-        status = await conn.execute(INSERT_POSITIONS.replace(" ORDER BY mmsi, ts", ""))
+        status = await conn.execute(_UNSORTED_INSERT)
         await conn.execute(UPSERT_VESSELS, *vessel_columns(batch.vessels))
     return int(status.rsplit(" ", 1)[-1])
 
@@ -115,7 +120,13 @@ async def writer(
 ) -> None:
     rng = random.Random(seed)
     batch_id = seed * 1_000_000
-    while time.monotonic() < deadline:
+    done = 0
+
+    def more() -> bool:  # a fixed amount of work (--batches), or what fits in --seconds
+        return done < args.batches if args.batches else time.monotonic() < deadline
+
+    while more():
+        done += 1
         batch_id += 1
         batch = make_batch(rng, batch_id, args.vessels, args.batch)
         try:
@@ -132,14 +143,17 @@ async def writer(
         tally.vessels += len(batch.vessels)
 
 
-async def soft_deleter(store: PostgresStore, deadline: float, tally: Tally) -> None:
-    """Soft-delete every vessel not seen in the future, over and over: it fights the upserts
-    for the same rows (and skips the ones they hold)."""
-    while time.monotonic() < deadline:
+async def soft_deleter(store: PostgresStore, writers_done: asyncio.Event, tally: Tally) -> None:
+    """Soft-delete every vessel not seen in the future, over and over while the writers run
+    (and once after): it fights the upserts for the same rows (and skips the ones they hold)."""
+    while True:
+        last = writers_done.is_set()
         try:
             tally.soft_deleted += await store.soft_delete_inactive(T0 + 3600 * 24, time.time())
         except Exception as exc:
             tally.failed(exc)
+        if last:
+            return
         await asyncio.sleep(0.05)
 
 
@@ -156,16 +170,22 @@ async def run(url: str, args: argparse.Namespace) -> Tally:
         await stores[0].migrate()
         deadline = time.monotonic() + args.seconds
         started = time.perf_counter()
-        await asyncio.gather(
-            *(writer(s, i + 1, args, deadline, tally) for i, s in enumerate(stores[1:])),
-            soft_deleter(stores[0], deadline, tally),
-        )
+        writers_done = asyncio.Event()
+
+        async def writers() -> None:
+            await asyncio.gather(
+                *(writer(s, i + 1, args, deadline, tally) for i, s in enumerate(stores[1:]))
+            )
+            writers_done.set()
+
+        await asyncio.gather(writers(), soft_deleter(stores[0], writers_done, tally))
         elapsed = time.perf_counter() - started
         rows = await stores[0].fetchval("SELECT count(*) FROM positions")
     mode = "UNSORTED (what the store avoids)" if args.unsorted else "sorted (PostgresStore.write)"
     print(f"mode: {mode}")
+    work = f"{args.batches} batches each" if args.batches else f"{args.seconds:g} s"
     print(
-        f"writers {args.writers} (+1 soft-deleter), {args.seconds:g} s, {args.vessels} vessels, "
+        f"writers {args.writers} (+1 soft-deleter), {work}, {args.vessels} vessels, "
         f"batches of {args.batch}"
     )
     print(f"deadlocks: {tally.deadlocks}")
@@ -196,9 +216,7 @@ async def main(args: argparse.Namespace) -> int:
             finally:
                 servers.stop()
                 # As root the data may have moved out of `tmp` (see storage/embedded.py).
-                pgdata = servers.postgres_data_dir
-                if pgdata is not None and not pgdata.is_relative_to(tmp):
-                    shutil.rmtree(pgdata.parent, ignore_errors=True)
+                discard_moved_data(tmp)
     if args.unsorted:
         return 0
     return 1 if tally.deadlocks or tally.errors else 0
@@ -208,6 +226,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--batches", type=int, default=0, help="per writer, instead of --seconds")
     parser.add_argument("--vessels", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--url", default="", help="PostgreSQL URL (default: embedded)")

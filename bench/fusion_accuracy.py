@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import uvloop
-from benchservice import embedded_service, sample
+from benchservice import embedded_service, wait_read
 
 from aisfusion.actors.fusion import distance_m
 from aisfusion.receivers import Delivery, Fault, Network, Receiver
@@ -96,8 +96,11 @@ def simulate(args: argparse.Namespace, mode: str) -> tuple[Fleet, list[Segment]]
     return fleet, segments
 
 
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if values else math.nan
+def pct(values: list[float], q: int) -> float:
+    """The `q`th percentile (interpolated between samples); NaN without samples."""
+    if len(values) < 2:
+        return values[0] if values else math.nan
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 async def run_mode(args: argparse.Namespace, mode: str) -> dict[str, Any]:
@@ -122,8 +125,7 @@ async def run_mode(args: argparse.Namespace, mode: str) -> dict[str, Any]:
             writer.write(payload.encode())
             await writer.drain()
             sent += sum(len(d.lines) for d in seg.deliveries)
-            while sample(service, "aisfusion_feed_lines_total", {"source": source}) < sent:
-                await asyncio.sleep(0.005)
+            await wait_read(service, sent)
             await service.drain()
             for d in seg.deliveries:
                 base.feed(d)

@@ -1,9 +1,12 @@
 """End-to-end latency at fixed rates, socket read -> Redis and -> PostgreSQL commit.
 
 Generates one continuous stretch of simulated multi-receiver traffic (a fleet heard by two
-receivers, the second hearing about half of the transmissions again one second later), starts
-the service in this process on embedded servers, then for each rate sends the next
-`rate * seconds` lines over two TCP connections, paced every 5 ms on an absolute schedule.
+receivers, the second hearing about half of the transmissions again, stamped one second
+later), starts the service in this process on embedded servers, then for each rate sends the
+next `rate * seconds` lines over two TCP connections, paced every 5 ms on an absolute schedule
+and waiting for the socket to take them (so "sent/s" falls when the service cannot keep up).
+After each rate it waits until the service has read every line and drained, so the slowest
+positions are counted too.
 
 Every position's latency is taken where the service itself observes it for its
 `aisfusion_end_to_end_latency_seconds` histogram (`Metrics.stored`, called by the live writer
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import statistics
 import sys
 import time
@@ -28,36 +30,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import uvloop
-from benchservice import embedded_service
-
-from aisfusion.nmea_out import tag_block
-from aisfusion.simulator import Fleet
+from benchservice import embedded_service, percentile, two_receivers, wait_read
 
 TICK_S = 0.005
-
-
-def simulated(lines: int, vessels: int, seed: int) -> list[tuple[int, bytes]]:
-    """(connection, line) in send order: rx-a on connection 0, rx-b's echoes on 1."""
-    fleet = Fleet(vessels, seed=seed, start_time=time.time() - 3600)
-    rng = random.Random(seed)
-    out: list[tuple[int, bytes]] = []
-    while len(out) < lines:
-        for report in fleet.step(1.0):
-            echo = rng.random() < 0.5
-            for s in report.sentences:
-                out.append((0, (tag_block(s, station="rx-a", t=report.t) + "\r\n").encode()))
-                if echo:
-                    line = tag_block(s, station="rx-b", t=report.t + 1) + "\r\n"
-                    out.append((1, line.encode()))
-    return out[:lines]
 
 
 def percentiles(values: Sequence[float]) -> str:
     if not values:
         return "        -          -          -   (0)"
     ordered = sorted(values)
-    p50 = ordered[len(ordered) // 2] * 1e3
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3
+    p50, p99 = percentile(ordered, 0.5) * 1e3, percentile(ordered, 0.99) * 1e3
     return f"{p50:8.1f}   {p99:8.1f}   {ordered[-1] * 1e3:8.1f}   ({len(ordered):,})"
 
 
@@ -76,10 +58,9 @@ async def paced(
             for writer, part in zip(writers, parts, strict=True):
                 if part:
                     writer.write(b"".join(part))
+                    await writer.drain()  # a service that falls behind slows the sender
             sent = due
         await asyncio.sleep(TICK_S)
-    for writer in writers:
-        await writer.drain()
     return len(lines) / (time.perf_counter() - t0)
 
 
@@ -87,7 +68,10 @@ async def main(args: argparse.Namespace) -> None:
     rates = [float(r) for r in args.rates.split(",")]
     total = int(sum(rates) * args.seconds)
     t = time.perf_counter()
-    feed = simulated(total, args.vessels, args.seed)
+    feed = [
+        (conn, (line + "\r\n").encode())
+        for conn, line in two_receivers(total, args.vessels, args.seed, back_s=3600)
+    ]
     print(f"generated {len(feed):,} lines in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
     redis = {} if args.redis_flush is None else {"flush_interval_s": args.redis_flush}
@@ -119,7 +103,9 @@ async def main(args: argparse.Namespace) -> None:
             offset += len(chunk)
             start = time.time()
             achieved = await paced(writers, chunk, rate)
-            await service.drain()
+            await wait_read(service, offset)
+            if not await service.drain(120):
+                raise RuntimeError(f"the service did not drain after the {rate:,.0f}/s run")
             skip = start + args.warmup
             redis = [lat for arrival, lat in observed["redis"] if arrival >= skip]
             pg = [lat for arrival, lat in observed["postgres"] if arrival >= skip]

@@ -37,7 +37,7 @@ from aisfusion.app import Service
 from aisfusion.config import Config
 from aisfusion.receivers import receivers
 from aisfusion.replay import simulate
-from aisfusion.storage.embedded import EmbeddedServers
+from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
 
 SCHEDULE = [
     (10, "stop", ("postgres",)),
@@ -170,9 +170,7 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         await service.stop()
         servers.stop()
-        location = tmp / "embedded" / "postgres.location"
-        if location.exists():
-            shutil.rmtree(location.read_text().strip(), ignore_errors=True)
+        discard_moved_data(tmp / "embedded")
         shutil.rmtree(tmp, ignore_errors=True)
 
 

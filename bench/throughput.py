@@ -18,33 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import uvloop
-from benchservice import embedded_service, sample
-
-from aisfusion.nmea_out import tag_block
-from aisfusion.simulator import Fleet
+from benchservice import embedded_service, sample, two_receivers, wait_read
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def simulated_lines(messages: int, vessels: int, seed: int) -> list[list[str]]:
-    """Lines of two receivers (one connection each): rx-b hears about half of rx-a's traffic."""
-    fleet = Fleet(vessels, seed=seed, start_time=time.time() - 1800)
-    rng = random.Random(seed)
-    rx_a: list[str] = []
-    rx_b: list[str] = []
-    while len(rx_a) + len(rx_b) < messages:
-        for report in fleet.step(1.0):
-            rx_a.extend(tag_block(s, station="rx-a", t=report.t) for s in report.sentences)
-            if rng.random() < 0.5:
-                rx_b.extend(tag_block(s, station="rx-b", t=report.t + 1) for s in report.sentences)
-    return [rx_a, rx_b]
 
 
 def proc_cpu(pids: list[int]) -> float:
@@ -83,7 +65,8 @@ async def main(args: argparse.Namespace) -> None:
         label = f"{args.file} x{args.repeat} on {args.connections} connections"
     else:
         t = time.perf_counter()
-        chunks = simulated_lines(args.messages, args.vessels, args.seed)
+        feed = two_receivers(args.messages, args.vessels, args.seed, back_s=1800)
+        chunks = [[line for conn, line in feed if conn == k] for k in (0, 1)]
         label = f"simulated: {args.vessels} vessels, 2 receivers (one connection each)"
         print(f"generated in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     lines = [line for chunk in chunks for line in chunk]
@@ -102,10 +85,9 @@ async def main(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         await asyncio.gather(*(send(service.feed_port, p) for p in payloads))
         t_sent = time.perf_counter()
-        source = service.config.feed.source
-        while sample(service, "aisfusion_feed_lines_total", {"source": source}) < len(lines):
-            await asyncio.sleep(0.005)
+        await wait_read(service, len(lines))
         t_read = time.perf_counter()
+        source = service.config.feed.source
         await service.drain()
         t_done = time.perf_counter()
         pg_pids = postgres_pids(emb.postgres_pid)

@@ -10,14 +10,13 @@ with fresh databases and key prefixes (``tests/dbs.py``).
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from aisfusion.storage.embedded import EmbeddedServers
+from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
 
 # The repository sits next to ../shared, which holds the recorded feeds.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ais"
@@ -54,15 +53,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         )
     finally:
         embedded.stop()
-        _remove_relocated_pgdata(embedded, data_dir)
-
-
-def _remove_relocated_pgdata(embedded: EmbeddedServers, data_dir: Path) -> None:
-    """Remove PostgreSQL data that was moved out of `data_dir` (as root, pytest's base
-    directory has mode 700), so test runs do not pile up data in the temporary directory."""
-    pgdata = embedded.postgres_data_dir
-    if pgdata is not None and not pgdata.is_relative_to(data_dir):
-        shutil.rmtree(pgdata.parent, ignore_errors=True)
+        # As root, pytest's base directory (mode 700) makes the data move: do not pile it up.
+        discard_moved_data(data_dir)
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ from aisfusion.errors import DataDirLockedError, EmbeddedServerError
 from aisfusion.storage import binaries
 from aisfusion.storage.processes import HOST, Server, log_since, log_size, process_alive, spawn
 
-__all__ = ["EmbeddedServers"]
+__all__ = ["EmbeddedServers", "discard_moved_data"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,15 @@ def _valkey_ready(port: int, timeout_s: float) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def discard_moved_data(data_dir: str | Path) -> None:
+    """For throwaway data directories (tests, benchmarks): remove the PostgreSQL data that was
+    moved out of `data_dir` (named in its ``postgres.location``), which removing `data_dir`
+    leaves behind. The service itself never calls this."""
+    location = Path(data_dir) / "postgres.location"
+    if location.exists():
+        shutil.rmtree(location.read_text().strip(), ignore_errors=True)
 
 
 class EmbeddedServers:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from aisfusion.storage.embedded import discard_moved_data
 from tests.dbs import fresh_database, unique_name
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ais"
@@ -32,7 +32,7 @@ def _remove_relocated_postgres_data(tmp_path: Path) -> Iterator[None]:
     """As root the embedded data may live outside tmp_path; remove it after each test."""
     yield
     for marker in tmp_path.rglob("postgres.location"):
-        shutil.rmtree(marker.read_text().strip(), ignore_errors=True)
+        discard_moved_data(marker.parent)
 
 
 def children(pid: int) -> list[int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +24,7 @@ from pyais.encode import encode_dict
 from aisfusion.app import Service
 from aisfusion.config import Config
 from aisfusion.nmea_out import tag_block
-from aisfusion.storage.embedded import EmbeddedServers
+from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
 from aisfusion.storage.postgres import PostgresStore
 from tests.faults import StallingProxy
 
@@ -63,9 +62,7 @@ def own_servers(tmp_path: Path) -> Iterator[EmbeddedServers]:
     servers.start()
     yield servers
     servers.stop()
-    location = tmp_path / "embedded" / "postgres.location"
-    if location.exists():
-        shutil.rmtree(location.read_text().strip(), ignore_errors=True)
+    discard_moved_data(tmp_path / "embedded")
 
 
 def fault_config(tmp_path: Path, pg_url: str, redis_url: str) -> Config:

@@ -25,7 +25,7 @@ import redis
 from aisfusion.errors import DataDirLockedError, EmbeddedServerError
 from aisfusion.storage import binaries, processes
 from aisfusion.storage.binaries import traversable_by
-from aisfusion.storage.embedded import EmbeddedServers
+from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -45,9 +45,7 @@ def make_servers() -> Iterator[MakeServers]:
     yield make
     for servers, data_dir in made:
         servers.stop()
-        pgdata = servers.postgres_data_dir
-        if pgdata is not None and not pgdata.is_relative_to(data_dir):
-            shutil.rmtree(pgdata.parent, ignore_errors=True)
+        discard_moved_data(data_dir)
 
 
 @pytest.fixture
@@ -403,5 +401,4 @@ async def test_sigkill_of_the_owner_leaves_no_server_behind(tmp_path: Path) -> N
         if owner.poll() is None:
             owner.kill()
         owner.communicate()
-        if pgdata is not None and not pgdata.is_relative_to(data_dir):
-            shutil.rmtree(pgdata.parent, ignore_errors=True)
+        discard_moved_data(data_dir)
