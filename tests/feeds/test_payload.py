@@ -79,6 +79,8 @@ def test_known_position_report_fields() -> None:
     payload = b"13u?etPv2;0n:dDPwUM1U1Cb069D"
     fields = position_fields(payload, 0, 1)
     assert fields is not None
+    # Every field the vessel reads from a class A report, each equal to pyais's.
+    assert set(fields) == {"mmsi", "status", "speed", "course", "heading", "second", "lat", "lon"}
     assert fields == {k: _pyais_fields(payload, 0, 1)[k] for k in fields}
 
 
