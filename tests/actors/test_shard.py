@@ -5,8 +5,7 @@ data from PostgreSQL)."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -34,6 +33,7 @@ from aisfusion.storage.postgres import PostgresStore
 from aisfusion.storage.redis import RedisStore
 from tests.actors.test_vessel import MMSI, NOW, five, north, pos, raw
 from tests.dbs import fresh_database, unique_name
+from tests.waiting import wait_until
 
 
 class Inbox:
@@ -106,13 +106,6 @@ def send(shard: pykka.ActorRef[Any], *messages: RawMessage) -> dict[str, Any]:
 
 def other(mmsi: int, ts: float) -> RawMessage:
     return raw(pos(56.0, 11.0), ts, mmsi=mmsi)
-
-
-def eventually(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -297,7 +290,7 @@ def test_static_data_comes_back_from_postgres_when_a_vessel_actor_is_created(
     shard = rig.start()
     try:
         send(shard, raw(pos(55.0, 10.0, speed=0.5), NOW))
-        eventually(lambda: shard.ask(VesselQuery(MMSI))["static"] is not None, "static data")
+        wait_until(lambda: shard.ask(VesselQuery(MMSI))["static"] is not None, "static data")
         vessel = shard.ask(VesselQuery(MMSI))
         assert (vessel["static"]["name"], vessel["static"]["ship_type"]) == ("FAST ONE", 40)
         assert vessel["first_seen"] == NOW - 3600
@@ -309,7 +302,7 @@ def test_static_data_comes_back_from_postgres_when_a_vessel_actor_is_created(
         send(shard, raw(five(shipname="NEW NAME", ship_type=40), NOW + 60))
         assert shard.ask(VesselQuery(MMSI))["static"]["name"] == "FAST ONE"
         send(shard, other(MMSI + 7, NOW))  # never stored: a miss
-        eventually(
+        wait_until(
             lambda: rig.sample("aisfusion_vessel_static_loads_total", result="miss") == 1.0,
             "the miss",
         )
@@ -327,7 +320,7 @@ def test_when_postgres_cannot_be_read_vessels_start_without_static_data(
     try:
         send(shard, raw(pos(55.0, 10.0), NOW))
         assert len(rig.live.positions()) == 1
-        eventually(
+        wait_until(
             lambda: rig.sample("aisfusion_vessel_static_loads_total", result="error") == 1.0,
             "the failed read",
         )

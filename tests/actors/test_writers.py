@@ -19,6 +19,7 @@ from aisfusion.storage.redis import RedisStore
 from aisfusion.supervisors.breaker import CircuitBreaker
 from tests.dbs import unique_name
 from tests.faults import StallingProxy
+from tests.waiting import wait_until
 
 T0 = 1_700_000_000.0
 
@@ -34,13 +35,6 @@ class Supervisor(pykka.ThreadingActor):
 
 def position(mmsi: int, ts: float, lat: float = 55.0) -> Position:
     return Position(mmsi, ts, lat, 10.0, 5.0, 90.0, None, 0, 1, "feed", None, time.time())
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 class Rig:
@@ -109,7 +103,7 @@ def proxied(servers: Any) -> Iterator[tuple[Rig, StallingProxy]]:
 def test_writes_without_waiting_for_a_tick(rig: Rig) -> None:
     writer = rig.writer(min_interval_s=3600.0)  # spacing applies between writes, not before one
     writer.tell(Decisions([position(1, T0)], []))
-    wait_for(lambda: rig.flushes("ok") == 1)  # no Tick was ever sent
+    wait_until(lambda: rig.flushes("ok") == 1, "the write")  # no Tick was ever sent
     assert float(rig.record(1)["ts"]) == T0
 
 
@@ -141,7 +135,7 @@ def test_a_stalled_write_is_cancelled_at_its_deadline_and_retried(
     writer.ask(Tick(0.0))  # the write has started (and hangs), within its deadline
     clock[0] += 1.0
     writer.ask(Tick(0.0))  # past the deadline: cancelled, counted as a failure
-    wait_for(lambda: rig.flushes("error") == 1)
+    wait_until(lambda: rig.flushes("error") == 1, "the failed write")
     assert rig.breaker.last_error is not None and "timed out" in rig.breaker.last_error
     # The failed write was retried at once (still stalled); the newer position conflates.
     writer.tell(Decisions([position(7, T0 + 1)], []))

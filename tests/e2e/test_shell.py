@@ -39,6 +39,7 @@ from aisfusion.control import ControlServer
 from aisfusion.errors import AisFusionError
 from tests.dbs import fresh_database, unique_name
 from tests.e2e.test_cli import start_service
+from tests.waiting import wait_until
 
 CLI = [sys.executable, "-m", "aisfusion.cli"]
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ais"
@@ -86,13 +87,6 @@ def get(port: int, path: str) -> str:
         return str(resp.read().decode())
 
 
-def wait_for(check: Any, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def service(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     cwd = tmp_path_factory.mktemp("shell")
@@ -107,7 +101,7 @@ def service(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     running = Running(proc, cwd, feed, metrics, {**os.environ, "HOME": str(cwd)})
     try:
         send(feed, positions(257_300_000, 50))
-        wait_for(lambda: "257300049" in shell(running, "near 59.9 10.7 20 100").stdout, "vessels")
+        wait_until(lambda: "257300049" in shell(running, "near 59.9 10.7 20 100").stdout, "vessels")
         yield running
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -280,7 +274,7 @@ def test_vessel_sources_and_near(service: Running) -> None:
 
     now = time.time()
     track = f"track 257300007 {now - 3600:.0f} {now + 60:.0f}"
-    wait_for(lambda: "1 stored positions of 257300007" in ok(service, track), "the stored track")
+    wait_until(lambda: "1 stored positions of 257300007" in ok(service, track), "the stored track")
     assert re.search(r"59\.90700 +10\.70000 +4 +90 +1 +tcp", ok(service, track))
     iso = ok(service, "track 257300007 2020-01-01T00:00 2020-01-02T00:00")
     assert iso.startswith("0 stored positions of 257300007")
@@ -300,7 +294,7 @@ def test_breakers_trip_divert_to_the_dlq_and_reset_drains_it(service: Running) -
             )
             return ready + scheduled + leased > 0 and parked == 0 and rows == 30
 
-        wait_for(queued, "the diverted batch in the DLQ")
+        wait_until(queued, "the diverted batch in the DLQ")
         peek = ok(service, "dlq peek 5")
         assert re.search(r"^\S+ +\d+ +0 +fresh +.* postgres breaker open$", peek, re.M), peek
         status = ok(service, "status")
@@ -310,7 +304,7 @@ def test_breakers_trip_divert_to_the_dlq_and_reset_drains_it(service: Running) -
     finally:
         reset = ok(service, "breakers reset postgres")
     assert re.search(r"^postgres +closed", reset, re.M)
-    wait_for(lambda: re.search(r"^0 +0 +0 +0 +0 ", ok(service, "dlq"), re.M), "the DLQ to drain")
+    wait_until(lambda: re.search(r"^0 +0 +0 +0 +0 ", ok(service, "dlq"), re.M), "the DLQ to drain")
     assert ok(service, "dlq peek") == "no waiting entries\n"
     assert ok(service, "dlq retry") == "0 entries due now (the storage supervisor retries them)\n"
     assert ok(service, "dlq clear parked") == "cleared 0 parked entries\n"
@@ -320,7 +314,7 @@ def test_restart_a_supervised_writer(service: Running) -> None:
     text = ok(service, "restart postgres_writer")
     assert text.startswith("restarted postgres_writer: running, mailbox 0")
     send(service.feed, positions(257_500_000, 5))  # the new incarnation writes
-    wait_for(lambda: "257500004" in ok(service, "near 59.9 10.7 20 200"), "the new positions")
+    wait_until(lambda: "257500004" in ok(service, "near 59.9 10.7 20 200"), "the new positions")
     assert "READY" in ok(service, "status")
 
 
