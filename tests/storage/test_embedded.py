@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import nats
 import pytest
 import redis
 
@@ -231,6 +232,35 @@ def test_redis_restarts_on_its_port(tmp_path: Path, make_servers: MakeServers) -
     servers.start_redis()
     assert servers.redis_url == url
     assert _ping(url)
+
+
+async def test_nats_serves_jetstream_and_restarts_on_its_port(
+    tmp_path: Path, make_servers: MakeServers
+) -> None:
+    servers = make_servers(tmp_path, postgres=False, redis=False, nats=True)
+    servers.start()
+    url = servers.nats_url
+    assert url.startswith("nats://127.0.0.1:")
+    assert servers.nats_pid is not None
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="T", subjects=["t.>"])
+        await js.publish("t.1", b"kept")
+    finally:
+        await nc.close()
+    servers.stop_nats()
+    assert servers.nats_pid is None
+    assert not _port_open(_port(url))
+    servers.start_nats()
+    assert servers.nats_url == url
+    nc = await nats.connect(url)
+    try:
+        msg = await nc.jetstream().get_msg("T", seq=1)  # the store survived the restart
+        assert msg.data == b"kept"
+    finally:
+        await nc.close()
+    assert (tmp_path / "nats.log").stat().st_size > 0
 
 
 def test_busy_port_is_replaced_on_first_start_only(
