@@ -1,4 +1,4 @@
-"""Session fixtures: real PostgreSQL, Redis and NATS (JetStream) for the whole suite, and the recorded AIS data.
+"""Session fixtures: real PostgreSQL, Redis and NATS (JetStream) for the suite, and AIS data.
 
 Storage is never mocked. By default the servers are the embedded ones the service itself uses
 (`aisfusion.storage.embedded.EmbeddedServers`), started once per session and stopped at its end.
