@@ -1,10 +1,20 @@
 """The service: builds the actor tree, starts it in dependency order and stops it in reverse.
 
 Start order: embedded servers (when no URLs are configured) → storage loop bridge → stores
-(connect, migrate) → writers → batcher → shards → ticker → feed listener → metrics HTTP →
-control socket (`aisfusion shell`).
+(connect, migrate) → writers → batcher → shards → ticker → intake → metrics HTTP → control
+socket (`aisfusion shell`).
 Stop is the reverse, in `finally` blocks, idempotent; a graceful stop drains every stage so
 nothing accepted is left unwritten.
+
+One class, three roles, one pipeline:
+
+- ``direct`` (workers.mode = "in_process", and what tests build): the feed listener hands raw
+  messages straight to this process's shards.
+- ``worker`` (`aisfusion worker`): the intake is the JetStream log (`jetstream.intake`): the
+  partitions this process holds leases on, acknowledged after commit.
+- ``front`` (`aisfusion run` with workers.mode = "jetstream"): the feed listener publishes to
+  the log (`jetstream.publisher`) and the front starts the local workers; it runs no vessels,
+  and answers queries from the stores.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import pykka
 
@@ -26,11 +36,17 @@ from aisfusion.actors.sources import SourcesActor, SourceTable, WeightBoard
 from aisfusion.commands import NEAR_MAX_KM
 from aisfusion.config import Config
 from aisfusion.control import ControlServer
+from aisfusion.errors import ConfigError
 from aisfusion.feeds.manager import FeedSet
 from aisfusion.gauges import watch
 from aisfusion.heap import CollectorPolicy
 from aisfusion.httpd import MetricsServer
 from aisfusion.introspection import outline, supervision_tree
+from aisfusion.jetstream import log as jlog
+from aisfusion.jetstream.intake import LogIntake
+from aisfusion.jetstream.monitor import LogMonitor
+from aisfusion.jetstream.publisher import Publisher
+from aisfusion.jetstream.workers import WorkerPool, default_count
 from aisfusion.messages import Flush
 from aisfusion.metrics import Metrics
 from aisfusion.router import Router, shard_of
@@ -59,6 +75,7 @@ from aisfusion.ticker import Ticker
 log = logging.getLogger(__name__)
 
 STATUS_TIMEOUT_S = 3.0
+Role = Literal["direct", "front", "worker"]
 _FLOAT_FIELDS = frozenset({"lat", "lon", "sog", "cog", "ts"})
 
 
@@ -76,8 +93,19 @@ def _typed(record: dict[str, str]) -> dict[str, Any]:
 class Service:
     """One aisfusion instance. Use `start()`, then `stop()` (or `async with`)."""
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        role: Role = "direct",
+        worker_id: str = "",
+        worker_args: list[str] | None = None,
+    ) -> None:
         self.config = config
+        self.role: Role = role
+        self.worker_id = worker_id or f"{os.uname().nodename}-{os.getpid()}"
+        self._worker_args = worker_args or []
         self.metrics = metrics if metrics is not None else Metrics()
         self.embedded: EmbeddedServers | None = None
         self.bridge = AsyncBridge()
@@ -102,6 +130,11 @@ class Service:
         self._feed: FeedSet | None = None
         self._http: MetricsServer | None = None
         self._control: ControlServer | None = None
+        self._nc: Any = None  # the NATS client (front and worker)
+        self.publisher: Publisher | None = None
+        self.intake: LogIntake | None = None
+        self.workers: WorkerPool | None = None
+        self.log_monitor: LogMonitor | None = None
         self.started_at: float | None = None
 
     async def __aenter__(self) -> Service:
@@ -156,22 +189,104 @@ class Service:
     async def _start(self) -> None:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
-        # First, so that a second instance on the same directories fails before anything.
-        self.spool = Spool(cfg.spool.dir, fsync=cfg.spool.fsync)
-        pg_url, redis_url = cfg.postgres.url, cfg.redis.url
-        if not pg_url or not redis_url:
+        if self.role != "front":
+            # First, so that a second instance on the same directories fails before anything.
+            self.spool = Spool(cfg.spool.dir, fsync=cfg.spool.fsync)
+        pg_url, redis_url, nats_url = cfg.postgres.url, cfg.redis.url, cfg.nats.url
+        if self.role == "worker" and not (pg_url and redis_url and nats_url):
+            raise ConfigError(
+                ["aisfusion worker needs postgres.url, redis.url and nats.url (the front's)"]
+            )
+        want_nats = self.role == "front" and not nats_url
+        if not pg_url or not redis_url or want_nats:
             self.embedded = EmbeddedServers(
                 Path(cfg.embedded.data_dir),
                 run_as=cfg.embedded.run_as,
                 start_timeout_s=cfg.embedded.start_timeout_s,
                 postgres=not pg_url,
                 redis=not redis_url,
+                nats=want_nats,
             )
             # Called on the main thread on purpose: the servers' parent-death signal follows
             # the thread that started them.
             self.embedded.start()
             pg_url = pg_url or self.embedded.postgres_url
             redis_url = redis_url or self.embedded.redis_url
+            nats_url = nats_url or (self.embedded.nats_url if want_nats else "")
+        await self._start_stores(pg_url, redis_url)
+        if self.role != "worker":
+            # Partitions ahead, retention, soft delete, the live picture's leavers: now and
+            # then every retention.interval_s (once per installation: the front does it).
+            assert self.postgres is not None
+            assert self.redis is not None
+            self.maintenance = Maintenance(cfg.retention, self.postgres, self.redis, self.metrics)
+            self.maintenance.start(self.bridge)
+        if self.role != "direct":
+            self._nc = await jlog.connect(cfg.nats, nats_url, f"aisfusion-{self.role}")
+            self.metrics.log_connected.set(1)
+        if self.role != "worker":
+            self._feed = FeedSet()
+        if self.role == "front":
+            assert self._feed is not None
+            await jlog.ensure_stream(self._nc.jetstream(), cfg.nats)
+            self.publisher = Publisher(self._nc, cfg.nats, self.metrics)
+            self.publisher.start()
+            await self._feed.start(cfg.feed, self.publisher, self.metrics)
+            count = cfg.workers.count or default_count()
+            self.workers = WorkerPool(
+                cfg,
+                count,
+                self._worker_args,
+                {"postgres": pg_url, "redis": redis_url, "nats": nats_url},
+                Path(cfg.embedded.data_dir),
+            )
+            self.workers.start()
+            self.log_monitor = LogMonitor(self._nc, cfg, self.metrics, self.workers)
+            self.log_monitor.start()
+        else:
+            live = await self._start_pipeline()
+            router = Router(self.shards, self.metrics)
+            if self._feed is not None:
+                await self._feed.start(cfg.feed, router, self.metrics)
+            if self.role == "worker":
+                # HTTP first: the heartbeat tells the front where this worker's port is.
+                self._http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self)
+                self._http.start()
+                card = {"pid": os.getpid(), "metrics": f"{cfg.metrics.host}:{self.metrics_port}"}
+                self.intake = LogIntake(
+                    self._nc,
+                    cfg.nats,
+                    cfg.workers,
+                    self.worker_id,
+                    router,
+                    self.shards,
+                    self.metrics,
+                    card,
+                )
+                await self.intake.start()
+        if self._http is None:
+            self._http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self)
+            self._http.start()
+        if self.role != "front":
+            watch(self, live)
+        if cfg.control.socket:
+            control = ControlServer(cfg.control.socket, self)
+            if control.start():
+                self._control = control
+        self._gc = CollectorPolicy(cfg.runtime.gc_interval_s, self.metrics)
+        self._gc.start()  # last: what was built so far lives for the whole run (frozen)
+        self.started_at = time.time()
+        log.info(
+            "aisfusion %s started: %s, metrics http://%s:%d/metrics, %d shards",
+            self.role,
+            "log intake" if self._feed is None else f"feed {cfg.feed.host}:{self.feed_port}",
+            cfg.metrics.host,
+            self.metrics_port,
+            len(self.shards),
+        )
+
+    async def _start_stores(self, pg_url: str, redis_url: str) -> None:
+        cfg = self.config
         self.bridge.start()
         self.postgres = PostgresStore(
             pg_url, cfg.postgres, partition_days=cfg.retention.partition_days
@@ -187,11 +302,20 @@ class Service:
         self.metrics.redis_layout.info(
             {"layout": redis_status["layout"], "cluster": str(redis_status["cluster"]).lower()}
         )
-        # Partitions ahead, retention, soft delete, the live picture's leavers: now and then
-        # every retention.interval_s.
-        self.maintenance = Maintenance(cfg.retention, self.postgres, self.redis, self.metrics)
-        self.maintenance.start(self.bridge)
 
+    def _durable(self, upto: int) -> None:
+        """Storage → the log intake: messages marked up to `upto` are committed."""
+        if self.intake is not None:
+            self.intake.durable(upto)
+
+    async def _start_pipeline(self) -> Slot:
+        """The actors that decide and store: writers, batcher, sources, shards, ticker."""
+        cfg = self.config
+        assert self.postgres is not None
+        assert self.redis is not None
+        assert self.live is not None
+        assert self.spool is not None
+        worker = self.role == "worker"
         m = self.metrics
         self.breakers = {"postgres": self._breaker("postgres"), "redis": self._breaker("redis")}
         self.storage = StorageSupervisor.start(
@@ -205,13 +329,22 @@ class Service:
             self.breakers["postgres"],
             self.breakers["redis"],
             live=(self.live, self.live_bridge),
+            on_durable=self._durable if worker else None,
         )
-        live = self.storage.proxy().slot("live_writer").get()
-        self.batcher = BatcherActor.start(cfg.batcher, self.storage, escalate=self._escalate)
+        live = cast(Slot, self.storage.proxy().slot("live_writer").get())
+        self.batcher = BatcherActor.start(
+            cfg.batcher,
+            self.storage,
+            escalate=self._escalate,
+            shards=cfg.actors.shards if worker else 0,
+        )
         board = WeightBoard()
         self.sources = SourcesActor.start(cfg.sources, m, board=board, escalate=self._escalate)
-        # Vessels with a live record: rehydrated from it when they report again.
-        saved = await asyncio.wrap_future(self.bridge.submit(self.redis.live_mmsis()))
+        # Vessels with a live record: rehydrated from it when they report again (a worker
+        # looks up every new vessel: another worker may have decided it since).
+        saved = (
+            [] if worker else await asyncio.wrap_future(self.bridge.submit(self.redis.live_mmsis()))
+        )
         known = known_by_shard(saved, cfg.actors.shards)
         self.shards = [
             ShardActor.start(
@@ -230,6 +363,7 @@ class Service:
                 known=known[i],
                 weights=board,
                 escalate=self._escalate,
+                rehydrate_all=worker,
             )
             for i in range(cfg.actors.shards)
         ]
@@ -238,33 +372,17 @@ class Service:
         self._ticker = Ticker(max(0.005, min(tick, 0.25)), [self.batcher, self.storage, live])
         self._ticker.start()
         log.info("supervision tree:\n%s", outline(self.config))
-        self._feed = FeedSet()
-        await self._feed.start(cfg.feed, Router(self.shards, m), m)
-        self._http = MetricsServer(cfg.metrics.host, cfg.metrics.port, self)
-        self._http.start()
-        watch(self, live)
-        if cfg.control.socket:
-            control = ControlServer(cfg.control.socket, self)
-            if control.start():
-                self._control = control
-        self._gc = CollectorPolicy(cfg.runtime.gc_interval_s, m)
-        self._gc.start()  # last: what was built so far lives for the whole run (frozen)
-        self.started_at = time.time()
-        log.info(
-            "aisfusion started: feed %s:%d, metrics http://%s:%d/metrics, %d shards",
-            cfg.feed.host,
-            self.feed_port,
-            cfg.metrics.host,
-            self.metrics_port,
-            cfg.actors.shards,
-        )
+        return live
 
     async def drain(self, deadline_s: float = 60.0, *, everything: bool = True) -> bool:
         """Write everything accepted so far to Redis and Postgres; True if done by the deadline.
 
         With `everything` (the default) this waits until batches diverted to the DLQ or the
         spool are in Postgres too; without, diverted batches count as safe (graceful stop).
+        The front publishes what it holds and waits until the workers acknowledged it all.
         """
+        if self.role == "front":
+            return await self._drain_log(deadline_s)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + deadline_s
 
@@ -306,10 +424,20 @@ class Service:
             await self._feed.stop()
             self._feed = None
         try:
+            await self._stop_log(drain)
             deadline = self.config.breaker.call_timeout_s
             if drain and self.shards and not await self.drain(deadline, everything=False):
                 spilled = self.storage.ask(SpillInflight()) if self.storage else 0
                 log.warning("stop deadline: %d unconfirmed batches moved to the spool", spilled)
+            if self.intake is not None:
+                if drain:
+                    await asyncio.sleep(0.05)  # the last acks, scheduled by the drain
+                await self.intake.stop()  # leases back only now: the next owner starts after us
+                self.intake = None
+            if self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._nc.drain()
+                self._nc = None
         finally:
             if self._ticker is not None:
                 self._ticker.stop()
@@ -341,6 +469,40 @@ class Service:
                 self.embedded.stop()
                 self.embedded = None
 
+    async def _drain_log(self, deadline_s: float) -> bool:
+        """The front: everything read is published, and every partition's consumer has
+        acknowledged everything (workers acknowledge after commit)."""
+        if self.publisher is None or self.log_monitor is None:
+            return False
+        deadline = time.monotonic() + deadline_s
+        if not await self.publisher.flush(deadline_s):
+            return False
+        published_at = time.time()
+        while time.monotonic() < deadline:
+            if self.log_monitor.drained_since(published_at):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def _stop_log(self, drain: bool) -> None:
+        """Before the drain: the front publishes what it holds and stops its workers; a
+        worker stops taking from the log."""
+        deadline = self.config.breaker.call_timeout_s
+        if self.log_monitor is not None:
+            await self.log_monitor.stop()
+            self.log_monitor = None
+        if self.publisher is not None:
+            left = await self.publisher.stop(deadline if drain else 0.0)
+            if left:
+                log.error("stop: %d messages were not acknowledged by the log", left)
+            self.publisher = None
+        if self.workers is not None:
+            workers = self.workers
+            await asyncio.get_running_loop().run_in_executor(None, workers.stop, deadline + 20)
+            self.workers = None
+        if self.intake is not None:
+            await self.intake.pause()
+
     # -- queries ---------------------------------------------------------------------------
 
     @property
@@ -357,6 +519,8 @@ class Service:
 
     def vessel(self, mmsi: int, timeout: float = 5.0) -> dict[str, Any] | None:
         """One vessel's state from its shard (blocking: call off the feed loop)."""
+        if not self.shards:
+            return None  # the front: vessels live in the worker processes
         shard = self.shards[shard_of(mmsi, len(self.shards))]
         return cast(dict[str, Any] | None, shard.ask(VesselQuery(mmsi), timeout=timeout))
 
@@ -386,6 +550,7 @@ class Service:
         started = self.started_at
         return {
             "version": __version__,
+            "role": self.role,
             "pid": os.getpid(),
             "started_at": started,
             "uptime_s": None if started is None else round(time.time() - started, 3),
@@ -399,7 +564,21 @@ class Service:
             "embedded": self.embedded is not None,
             "stores": self._stores_status(),
             "control_socket": str(self._control.path) if self._control is not None else None,
+            "log": self._log_status(),
         }
+
+    def _log_status(self) -> dict[str, Any] | None:
+        """The JetStream side: the front's publisher, workers and partitions; a worker's
+        leases and acknowledgements; None in the direct mode."""
+        if self.role == "front":
+            return {
+                "publisher": None if self.publisher is None else self.publisher.status(),
+                "workers": [] if self.workers is None else self.workers.status(),
+                **({} if self.log_monitor is None else self.log_monitor.snapshot()),
+            }
+        if self.intake is not None:
+            return self.intake.status()
+        return None
 
     @property
     def restartable(self) -> tuple[str, ...]:
@@ -483,11 +662,21 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        """Ready when the actors run and each store is reachable or safely diverted."""
+        """Ready when the actors run and each store is reachable or safely diverted; with the
+        log, when NATS is connected (the front: publishes succeed and a worker runs)."""
+        if self.started_at is None or self.failure is not None:
+            return False
+        if self.role == "front":
+            return (
+                self.publisher is not None
+                and self.publisher.healthy
+                and self.workers is not None
+                and any(w["alive"] for w in self.workers.status())
+            )
+        if self.role == "worker" and not (self._nc is not None and self._nc.is_connected):
+            return False
         return (
-            self.started_at is not None
-            and self.failure is None
-            and all(ref is not None and ref.is_alive() for ref in [*self.shards, self.batcher])
+            all(ref is not None and ref.is_alive() for ref in [*self.shards, self.batcher])
             and self.storage is not None
             and self.storage.is_alive()
         )

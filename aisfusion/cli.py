@@ -1,4 +1,4 @@
-"""Command line: `aisfusion run | demo | replay | simulate | shell`."""
+"""Command line: `aisfusion run | worker | demo | replay | simulate | shell`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
 from aisfusion import logs
 from aisfusion.config import Config, load
 from aisfusion.errors import AisFusionError, ConfigError
+
+if TYPE_CHECKING:
+    from aisfusion.app import Role
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "config.toml"
@@ -26,6 +29,12 @@ def _endpoint(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host or "127.0.0.1", int(port)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of workers (0 or more), got {text!r}")
+    return int(text)
 
 
 def _overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
@@ -57,7 +66,15 @@ def _load(args: argparse.Namespace) -> Config:
     return load(path, environ=env)
 
 
-async def _run(config: Config) -> int:
+def _config_args(args: argparse.Namespace) -> list[str]:
+    """The settings arguments of this command, for the worker processes it starts."""
+    out = [] if args.config is None else ["--config", str(Path(args.config).absolute())]
+    for pair in args.set or []:
+        out += ["--set", pair]
+    return out
+
+
+async def _run(config: Config, role: Role = "direct", **options: Any) -> int:
     from aisfusion.app import Service
 
     stop = asyncio.Event()
@@ -76,7 +93,7 @@ async def _run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    service = Service(config)
+    service = Service(config, role=role, **options)
     try:
         await service.start()
         stopped, failed = (
@@ -127,6 +144,19 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="run the service")
     with_config(run)
+    run.add_argument(
+        "--workers",
+        type=_count,
+        metavar="N",
+        help="worker processes on the JetStream log (default: workers.count, 0: one per core); "
+        "0 with workers.mode=in_process runs without the log",
+    )
+
+    worker = sub.add_parser(
+        "worker", help="one worker process on the JetStream log of a running `aisfusion run`"
+    )
+    with_config(worker)
+    worker.add_argument("--id", default="", help="worker id (default: host-pid)")
 
     demo = sub.add_parser("demo", help="embedded servers + simulated receivers + summary")
     with_config(demo)
@@ -192,9 +222,17 @@ def main(argv: list[str] | None = None) -> int:
                 socket_path, command=args.one_command, as_json=args.json, history=args.history
             )
         if args.command == "run":
+            if args.workers is not None:
+                args.set = [*(args.set or []), f"workers.count={args.workers}"]
             config = _load(args)
             logs.configure(config.log.level)
-            return uvloop.run(_run(config))
+            if config.workers.mode == "in_process":
+                return uvloop.run(_run(config))
+            return uvloop.run(_run(config, "front", worker_args=_config_args(args)))
+        if args.command == "worker":
+            config = _load(args)
+            logs.configure(config.log.level)
+            return uvloop.run(_run(config, "worker", worker_id=args.id))
         if args.command == "demo":
             from aisfusion.demo import run_demo
 

@@ -94,10 +94,6 @@ class ActorsConfig(_Section, frozen=True):
     max_vessels: Annotated[int, msgspec.Meta(ge=1)] = 200_000
     passivate_min_s: PositiveFloat = 120.0
     passivate_intervals: PositiveFloat = 3.0
-    # Scale-out: every instance reads the same feeds and keeps the MMSIs with
-    # mmsi % instances == instance (the others are counted as skipped).
-    instance: Annotated[int, msgspec.Meta(ge=0, le=1023)] = 0
-    instances: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
 
 
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
@@ -239,6 +235,40 @@ class SpoolConfig(_Section, frozen=True):
     fsync: Literal["always", "batch", "never"] = "always"
 
 
+class NatsConfig(_Section, frozen=True):
+    """The JetStream log between the feeds and the worker processes."""
+
+    url: str = ""  # empty: the embedded nats-server
+    stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "AIS_RAW"
+    subject_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = (
+        "ais.raw"
+    )
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    retention: Literal["workqueue", "limits"] = "workqueue"
+    max_age_s: PositiveFloat = 86400.0
+    max_bytes: Annotated[int, msgspec.Meta(ge=1_048_576)] = 4 * 1024**3
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    duplicate_window_s: PositiveFloat = 120.0
+    publish_linger_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.005
+    publish_max_messages: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    max_pending_publishes: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    buffer_max_messages: Annotated[int, msgspec.Meta(ge=1000)] = 2_000_000
+    ack_timeout_s: PositiveFloat = 5.0
+    connect_timeout_s: PositiveFloat = 5.0
+
+
+class WorkersConfig(_Section, frozen=True):
+    """Who runs the vessels: worker processes on the JetStream log, or this process alone."""
+
+    mode: Literal["jetstream", "in_process"] = "jetstream"
+    count: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0  # 0: one per CPU core
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 3.0
+    renew_interval_s: Annotated[float, msgspec.Meta(gt=0, le=100)] = 0.75
+    fetch_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+    max_ack_pending: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 2048
+    ack_wait_s: PositiveFloat = 60.0
+
+
 class RuntimeConfig(_Section, frozen=True):
     # Full garbage collections run on this timer instead of CPython's own trigger (heap.py);
     # 0 keeps CPython's policy.
@@ -263,6 +293,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     dlq: DlqConfig = msgspec.field(default_factory=DlqConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    workers: WorkersConfig = msgspec.field(default_factory=WorkersConfig)
 
 
 _SECTIONS: dict[str, type[_Section]] = {f.name: f.type for f in msgspec.structs.fields(Config)}
@@ -331,10 +363,10 @@ def _validate(raw: Mapping[str, Any], from_env: set[tuple[str, str]]) -> tuple[C
             f"postgres.pool_min: {config.postgres.pool_min} is larger than "
             f"postgres.pool_max {config.postgres.pool_max}"
         )
-    if config.actors.instance >= config.actors.instances:
+    if config.workers.renew_interval_s * 2 > config.workers.lease_ttl_s:
         problems.append(
-            f"actors.instance: {config.actors.instance} must be below "
-            f"actors.instances {config.actors.instances}"
+            f"workers.renew_interval_s: {config.workers.renew_interval_s:g} must be at most half "
+            f"of workers.lease_ttl_s {config.workers.lease_ttl_s:g}"
         )
     return config, problems
 

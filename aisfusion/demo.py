@@ -1,21 +1,26 @@
 """`aisfusion demo`: embedded servers, the service, simulated receivers, a live summary.
 
-The demo always runs on its own embedded PostgreSQL and Valkey (in `<data_dir>/demo`, wiped
-first), on free ports, so it never touches a configured deployment. Three honest receivers and
-one that reports every position 1.5 km off watch the same simulated fleet; the summary is read
-back from the stores themselves, and the source-quality table shows the bad receiver demoted.
+The demo always runs on its own embedded PostgreSQL, Valkey and NATS (in `<data_dir>/demo`,
+wiped first), on free ports, so it never touches a configured deployment. With workers.mode =
+"jetstream" (the default) it runs as `aisfusion run` does: a front publishing to the log and
+worker processes deciding the vessels. Three honest receivers and one that reports every
+position 1.5 km off watch the same simulated fleet; the summary is read back from the stores
+themselves, and the source-quality table shows the bad receiver demoted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 import time
+import urllib.request
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import msgspec
+from prometheus_client.parser import text_string_to_metric_families
 
 from aisfusion.app import Service
 from aisfusion.config import Config
@@ -26,6 +31,62 @@ from aisfusion.replay import simulate
 def _sample(service: Service, name: str, labels: dict[str, str] | None = None) -> float:
     value = service.metrics.registry.get_sample_value(name, labels or {})
     return value or 0.0
+
+
+def _workers(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each live worker's id, pid, partitions, consumed messages and source table, asked on
+    its own HTTP port (blocking)."""
+    out = []
+    for card in status["log"].get("workers_alive", []):
+        with urllib.request.urlopen(f"http://{card['metrics']}/status", timeout=5) as resp:
+            worker = json.loads(resp.read())
+        log = worker["log"] or {}
+        with urllib.request.urlopen(f"http://{card['metrics']}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        rejects: dict[str, int] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "aisfusion_vessel_rejected":
+                for s in family.samples:
+                    if s.name.endswith("_total") and s.value:
+                        reason = s.labels["reason"]
+                        rejects[reason] = rejects.get(reason, 0) + int(s.value)
+        out.append(
+            {
+                "id": card["id"],
+                "pid": card["pid"],
+                "partitions": len(log.get("partitions", {})),
+                "consumed": log.get("consumed", 0),
+                "sources": worker["sources"],
+                "rejects": rejects,
+            }
+        )
+    return out
+
+
+def _merged_sources(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Source quality as each worker estimated it from its own vessels, merged per source
+    (quality and weight weighted by the outcomes graded; demoted where any worker demoted)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        m = merged.setdefault(
+            row["source"], {"source": row["source"], "q": 0.0, "w": 0.0, "graded": 0, "d": False}
+        )
+        n = max(1, row["graded"])
+        m["q"] += row["quality"] * n
+        m["w"] += row["weight"] * n
+        m["graded"] += row["graded"]
+        m["n"] = m.get("n", 0) + n
+        m["d"] = m["d"] or row["demoted"]
+    return [
+        {
+            "source": m["source"],
+            "quality": m["q"] / m["n"],
+            "weight": m["w"] / m["n"],
+            "graded": m["graded"],
+            "demoted": m["d"],
+        }
+        for m in sorted(merged.values(), key=lambda m: m["source"])
+    ]
 
 
 def _rejects(service: Service) -> dict[str, int]:
@@ -47,6 +108,7 @@ async def run_demo(
     rate: float | None,
     seed: int,
     out: TextIO = sys.stdout,
+    worker_args: list[str] | None = None,
 ) -> dict[str, float]:
     data_dir = Path(config.embedded.data_dir) / "demo"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -59,8 +121,17 @@ async def run_demo(
         embedded=msgspec.structs.replace(config.embedded, data_dir=str(data_dir)),
         spool=msgspec.structs.replace(config.spool, dir=str(data_dir / "spool")),
     )
-    print("aisfusion demo: starting embedded PostgreSQL and Valkey …", file=out, flush=True)
-    async with Service(config) as service:
+    front = config.workers.mode == "jetstream"
+    print(
+        "aisfusion demo: starting embedded PostgreSQL, Valkey"
+        + (" and NATS, and the workers …" if front else " …"),
+        file=out,
+        flush=True,
+    )
+    service = Service(
+        config, role="front" if front else "direct", worker_args=list(worker_args or [])
+    )
+    async with service:
         print(
             f"  feed on 127.0.0.1:{service.feed_port}, "
             f"metrics on http://127.0.0.1:{service.metrics_port}/metrics",
@@ -77,6 +148,21 @@ async def run_demo(
 
         def progress(sent: int) -> None:
             elapsed = time.monotonic() - started
+            if front:
+                published = _sample(service, "aisfusion_log_published_messages_total")
+                lag = sum(
+                    p["lag"] or 0
+                    for p in (
+                        service.log_monitor.snapshot()["partitions"] if service.log_monitor else []
+                    )
+                )
+                print(
+                    f"  {elapsed:5.1f} s  sent {sent:7d} lines  "
+                    f"published {int(published):7d} messages  log lag {lag:5d} batches",
+                    file=out,
+                    flush=True,
+                )
+                return
             stored = _sample(service, "aisfusion_batch_rows_total", {"store": "postgres"})
             live = _sample(service, "aisfusion_batch_rows_total", {"store": "redis"})
             print(
@@ -122,6 +208,14 @@ async def run_demo(
         )
         live = await asyncio.wrap_future(service.bridge.submit(rd.live_count()))
         messages = _sample(service, "aisfusion_feed_messages_total", {"source": config.feed.source})
+        rejects = _rejects(service)
+        workers: list[dict[str, Any]] = []
+        if front:
+            status = await asyncio.get_running_loop().run_in_executor(None, service.status)
+            workers = await asyncio.get_running_loop().run_in_executor(None, _workers, status)
+            for w in workers:
+                for reason, n in w["rejects"].items():
+                    rejects[reason] = rejects.get(reason, 0) + n
         summary = {
             "lines_sent": float(sent),
             "messages": messages,
@@ -131,7 +225,6 @@ async def run_demo(
             "live_vessels": float(live),
             "messages_per_s": messages / elapsed if elapsed else 0.0,
         }
-        rejects = _rejects(service)
         print("\naisfusion demo summary (read back from PostgreSQL and Valkey)", file=out)
         print(f"  vessels tracked (distinct MMSI in positions)  {tracked}", file=out)
         print(f"  vessels with static data (vessels.name)       {named}", file=out)
@@ -148,9 +241,20 @@ async def run_demo(
             file=out,
         )
         status = await asyncio.get_running_loop().run_in_executor(None, service.status)
+        sources = status["sources"]
+        if front:
+            print(f"\nworkers (each owns partitions of the log; {len(workers)} running)", file=out)
+            print(f"  {'worker':28s} {'pid':>7s} {'partitions':>10s} {'consumed':>9s}", file=out)
+            for w in workers:
+                print(
+                    f"  {w['id']:28s} {w['pid']:7d} {w['partitions']:10d} {w['consumed']:9d}",
+                    file=out,
+                )
+            sources = _merged_sources([s for w in workers for s in w["sources"]])
+            summary["workers"] = float(len(workers))
         print("\nsource quality (fusion weighs each receiver by it)", file=out)
         print(f"  {'source':28s} {'quality':>7s} {'weight':>7s} {'graded':>7s}  state", file=out)
-        for row in status["sources"]:
+        for row in sources:
             state = "DEMOTED" if row["demoted"] else "ok"
             print(
                 f"  {row['source']:28s} {row['quality']:7.3f} {row['weight']:7.3f} "

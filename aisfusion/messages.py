@@ -87,11 +87,36 @@ class Decisions(msgspec.Struct, frozen=True, gc=False):
 
 
 class HistoryBatch(msgspec.Struct, frozen=True, gc=False):
-    """One bulk write for PostgreSQL, built by the batcher."""
+    """One bulk write for PostgreSQL, built by the batcher.
+
+    `upto` (worker processes only): once this batch and every earlier one are safe, every log
+    message with a mark up to it is committed and may be acknowledged.
+    """
 
     batch_id: int
     positions: list[Position]
     vessels: list[VesselSeen]
+    upto: int = 0
+
+
+class Mark(msgspec.Struct, frozen=True, gc=False):
+    """Log intake → shards → batcher: the log messages numbered up to `upto` are routed.
+
+    A shard passes it on behind the decisions of those messages (mailboxes are FIFO) with its
+    own index as `shard`; the batcher waits for every shard's mark before it lets a batch carry
+    the number (`HistoryBatch.upto`).
+    """
+
+    upto: int
+    shard: int = -1
+
+
+class Release(msgspec.Struct, frozen=True):
+    """Control (ask), log intake → shards: these partitions went to another worker; drop their
+    vessels, whose decisions now belong to the new owner (rehydrated there from Redis)."""
+
+    partitions: frozenset[int]
+    of: int  # the partition count (partition = MMSI % of)
 
 
 class Tick(msgspec.Struct, frozen=True):

@@ -411,6 +411,71 @@ class Metrics:
         self.redis_layout = Info(
             "aisfusion_redis_layout", "The live record layout and Redis mode in use", registry=r
         )
+        # the JetStream log (jetstream/)
+        self.log_published = Counter(
+            "aisfusion_log_published_messages_total",
+            "Raw messages the feeds published to the log and the server acknowledged",
+            registry=r,
+        )
+        self.log_publish_errors = Counter(
+            "aisfusion_log_publish_errors_total",
+            "Publishes to the log that failed or timed out (sent again), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.log_buffered = Gauge(
+            "aisfusion_log_buffered_messages",
+            "Raw messages read from the feeds and not yet acknowledged by the log",
+            registry=r,
+        )
+        self.log_dropped = Counter(
+            "aisfusion_log_dropped_messages_total",
+            "Raw messages dropped because the log was unreachable and the buffer full "
+            "(nats.buffer_max_messages)",
+            registry=r,
+        )
+        self.log_connected = Gauge(
+            "aisfusion_log_connected", "1 while this process is connected to NATS", registry=r
+        )
+        self.log_consumed = Counter(
+            "aisfusion_log_consumed_messages_total",
+            "Raw messages this worker took from the log",
+            registry=r,
+        )
+        self.log_acked = Counter(
+            "aisfusion_log_acked_total",
+            "Log messages this worker acknowledged after their positions were committed",
+            registry=r,
+        )
+        self.log_undecodable = Counter(
+            "aisfusion_log_undecodable_total",
+            "Log messages that were not raw batches (skipped and acknowledged)",
+            registry=r,
+        )
+        self.partitions_owned = Gauge(
+            "aisfusion_partitions_owned", "Log partitions this worker holds a lease on", registry=r
+        )
+        self.partition_moves = Counter(
+            "aisfusion_partition_moves_total",
+            "Leases this worker took (acquired) or gave up (released, lost)",
+            ["change"],
+            registry=r,
+        )
+        self.partition_lag = Gauge(
+            "aisfusion_partition_lag_messages",
+            "Log messages of a partition not yet acknowledged by its owner (front's view)",
+            ["partition"],
+            registry=r,
+        )
+        self.partition_owned = Gauge(
+            "aisfusion_partition_owned",
+            "1 when a partition's lease is held by a live worker (front's view)",
+            ["partition"],
+            registry=r,
+        )
+        self.workers_alive = Gauge(
+            "aisfusion_workers_alive", "Workers with a fresh heartbeat in the log", registry=r
+        )
 
     def stored(self, store: str, positions: Sequence[_Arrived]) -> None:
         """Positions are in `store` now: observe their end-to-end latency (call per batch)."""

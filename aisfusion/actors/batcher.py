@@ -2,6 +2,10 @@
 
 A batch is flushed when it holds `max_rows` positions or its oldest row is `flush_interval_s`
 old (checked on every `Tick`). Vessel activity is reduced per MMSI while it waits.
+
+In a worker process every shard passes on the log intake's `Mark`s; the smallest mark all
+shards have passed rides on the next batch as its `upto` (an empty batch when nothing else is
+waiting), so storage can tell the intake which log messages are committed.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 import pykka
 
 from aisfusion.config import BatcherConfig
-from aisfusion.messages import Decisions, Flush, HistoryBatch, Position, Tick, VesselSeen
+from aisfusion.messages import Decisions, Flush, HistoryBatch, Mark, Position, Tick, VesselSeen
 from aisfusion.storage.postgres import reduce_vessels
 from aisfusion.supervisors.supervisor import EscalatingActor
 
@@ -26,6 +30,7 @@ class BatcherActor(EscalatingActor):
         writer: pykka.ActorRef[Any],
         clock: Callable[[], float] = time.monotonic,
         escalate: Callable[[str], None] | None = None,
+        shards: int = 0,
     ) -> None:
         super().__init__("batcher", escalate)
         self._config = config
@@ -35,6 +40,9 @@ class BatcherActor(EscalatingActor):
         self._vessels: list[VesselSeen] = []
         self._oldest: float | None = None
         self._ids = itertools.count(1)
+        self._marks = [0] * shards  # the last mark from each shard (worker processes)
+        self._upto = 0  # the smallest of them
+        self._sent_upto = 0
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -47,6 +55,12 @@ class BatcherActor(EscalatingActor):
                     self._flush()
                 elif len(self._vessels) >= 4 * self._config.max_rows:
                     self._vessels = reduce_vessels(self._vessels)
+                return None
+            case Mark(upto=upto, shard=shard):
+                self._marks[shard] = upto
+                self._upto = min(self._marks)
+                if self._upto > self._sent_upto and self._oldest is None:
+                    self._flush()  # nothing waits for a flush: carry the mark on its own
                 return None
             case Tick():
                 oldest = self._oldest
@@ -62,8 +76,11 @@ class BatcherActor(EscalatingActor):
 
     def _flush(self) -> None:
         self._oldest = None
-        if not self._positions and not self._vessels:
+        if not self._positions and not self._vessels and self._upto == self._sent_upto:
             return
-        batch = HistoryBatch(next(self._ids), self._positions, reduce_vessels(self._vessels))
+        batch = HistoryBatch(
+            next(self._ids), self._positions, reduce_vessels(self._vessels), self._upto
+        )
+        self._sent_upto = self._upto
         self._positions, self._vessels = [], []
         self._writer.tell(batch)

@@ -18,10 +18,10 @@ writer's next flush never sees an older record.
 Static data (name, ship type, ...) of a vessel created without it in memory is read back from
 PostgreSQL without holding up ingest (`actors.static_loader`).
 
-Scale-out (`actors.instances` > 1): every instance reads the same feeds and its shards keep only
-the MMSIs with ``mmsi % instances == instance``, counting the others as `skipped` in their
-statistics (not as rejects). Choose `shards` coprime with `instances` (e.g. 3 shards, 2
-instances): ``mmsi % shards`` over the kept MMSIs then still reaches every shard.
+In a worker process (workers.mode = "jetstream") vessels move between processes with their
+log partitions: every new vessel is looked up in Redis (`rehydrate_all`), a `Release` drops the
+vessels of partitions given away, and a `Mark` travels behind the batches it covers to the
+batcher, which tells storage how far the log may be acknowledged.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ from aisfusion.actors.vessel import Vessel
 from aisfusion.config import ActorsConfig, FusionConfig, SourcesConfig
 from aisfusion.messages import (
     Decisions,
+    Mark,
     Position,
     RawBatch,
+    Release,
     SourceOutcomes,
     SourceWeights,
     StaticReport,
@@ -126,6 +128,7 @@ class ShardActor(EscalatingActor):
         known: set[int] | None = None,
         weights: WeightBoard | None = None,
         escalate: Callable[[str], None] | None = None,
+        rehydrate_all: bool = False,
     ) -> None:
         super().__init__(f"shard-{index}", escalate)
         self.index = index
@@ -149,6 +152,8 @@ class ShardActor(EscalatingActor):
         self._parked: OrderedDict[int, tuple[Position | None, StaticReport | None]] = OrderedDict()
         # MMSIs that have a live record to rehydrate from.
         self._known: set[int] = known if known is not None else set()
+        # In a worker another process may have decided any vessel: look every new one up.
+        self._rehydrate_all = rehydrate_all
         self._board = weights
         self._weights = SourceWeights(0, {})
         self._fallback: dict[str, float] = {}
@@ -167,6 +172,11 @@ class ShardActor(EscalatingActor):
             case RawBatch(messages=messages):
                 self._ingest(messages)
                 return None
+            case Mark(upto=upto):
+                self._history.tell(Mark(upto, self.index))
+                return None
+            case Release(partitions=partitions, of=of):
+                return self._release(partitions, of)
             case SourceWeights():
                 self._weights = message  # a fresh immutable snapshot: swap the reference
                 return None
@@ -199,16 +209,6 @@ class ShardActor(EscalatingActor):
 
     def _ingest(self, messages: list[Any]) -> None:
         started = time.perf_counter()
-        instances = self._config.instances
-        if instances > 1:
-            # Scale-out: another instance owns the other MMSIs (it reads the same feeds).
-            instance = self._config.instance
-            kept = [msg for msg in messages if msg.mmsi % instances == instance]
-            if len(kept) != len(messages):
-                self._count("skipped", len(messages) - len(kept))
-                messages = kept
-            if not messages:
-                return
         now = self._clock()
         stages = [0.0, 0.0, 0.0]
         weights = self._board.snapshot if self._board is not None else self._weights
@@ -275,7 +275,7 @@ class ShardActor(EscalatingActor):
             if parked is not None:
                 saved[mmsi] = parked
                 hits += 1
-            elif mmsi in self._known:
+            elif self._rehydrate_all or mmsi in self._known:
                 lookup.append(mmsi)
             else:
                 misses += 1  # never saved: a new vessel
@@ -359,6 +359,18 @@ class ShardActor(EscalatingActor):
         self._metrics.vessel_passivations.labels(reason).inc()
         self._metrics.vessels_active.dec()
         self._count(f"passivations_{reason}", 1)
+
+    def _release(self, partitions: frozenset[int], of: int) -> int:
+        """Forget the vessels of `partitions` (live and parked); returns how many were live."""
+        gone = [mmsi for mmsi in self.vessels if mmsi % of in partitions]
+        for mmsi in gone:
+            del self.vessels[mmsi]
+        for mmsi in [mmsi for mmsi in self._parked if mmsi % of in partitions]:
+            del self._parked[mmsi]
+        if gone:
+            self._metrics.vessels_active.dec(len(gone))
+            self._count("released", len(gone))
+        return len(gone)
 
     def _count(self, name: str, n: int) -> None:
         self.stats[name] += n

@@ -45,8 +45,10 @@ from aisfusion.messages import Position, RawMessage, StaticReport
 
 POSITION_TYPES = frozenset({1, 2, 3, 9, 18, 19, 27})
 STATIC_TYPES = frozenset({5, 19, 24})
-# Arrival times of lines read in one socket chunk are equal; history is keyed by (mmsi, ts), so
-# distinct observations with one time (whole-second tag blocks, one chunk) are spread by 1 µs.
+# History is keyed by (mmsi, ts), so distinct observations with one time (whole-second tag
+# blocks, two receivers' arrival times) are spread by 1 µs. One stream's arrival times are
+# distinct and ordered already (feeds/decoder.py), so a message decided again (redelivered by
+# the log) gets the time it got the first time.
 _US = 1_000_000
 # AIS "not available" sentinels: absent values, not measurements. SAR aircraft (type 9) report
 # speed in whole knots and long-range reports (type 27) use coarser fields.
@@ -301,7 +303,7 @@ class Vessel:
                     ts -= offset
                     tally.grade("clock", 0.0)
                     graded = True
-        ts = self._unique_ts(round(ts * _US) / _US, msg.has_tag_time)
+        ts = self._unique_ts(round(ts * _US) / _US)
         tally.last_ts = max(tally.last_ts, ts)
         sog, cog, heading = f.get("speed"), f.get("course"), f.get("heading")
         position = Position(
@@ -348,12 +350,7 @@ class Vessel:
             self._grade(live, obs, tally, cfg)
         self._accept(obs, b)
 
-    def _unique_ts(self, ts: float, tagged: bool) -> float:
-        if not tagged:
-            # Arrival times: later reports of one chunk must still sort after earlier ones.
-            if ts <= self.newest_ts:
-                ts = (round(self.newest_ts * _US) + 1) / _US
-            return ts
+    def _unique_ts(self, ts: float) -> float:
         while ts in self.emitted:
             ts = (round(ts * _US) + 1) / _US
         return ts

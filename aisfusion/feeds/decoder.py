@@ -16,6 +16,8 @@ from aisfusion.feeds.nmea import Reject, Sentence, TagBlock, parse_line, parse_s
 from aisfusion.feeds.payload import MIN_BITS, invalid_chars, routing_fields
 from aisfusion.messages import RawMessage
 
+_US = 1_000_000  # consecutive lines of one stream arrive 1 µs apart at least
+
 
 class FeedDecoder:
     """Frames one connection's byte stream into `RawMessage`s.
@@ -38,6 +40,7 @@ class FeedDecoder:
         # True while dropping the rest of an over-long line whose newline has not come yet.
         self._skipping = False
         self._pending_tag: TagBlock | None = None
+        self._clock = 0  # the next line's earliest arrival time, in microseconds
 
     @property
     def open_groups(self) -> int:
@@ -45,8 +48,16 @@ class FeedDecoder:
         return len(self._fragments)
 
     def feed(self, data: bytes, now: float) -> list[RawMessage]:
-        """Consume a chunk read at `now` (UNIX seconds); return the messages it completed."""
+        """Consume a chunk read at `now` (UNIX seconds); return the messages it completed.
+
+        Each line's arrival time is `now` plus 1 µs per line before it in the chunk, and never
+        earlier than the previous chunk's last: arrival times of one stream are distinct and in
+        order, so a message timed by its arrival keeps one time however often it is decided
+        (the log delivers it again after a worker's failure).
+        """
         out: list[RawMessage] = []
+        # In whole microseconds: however the stream is cut into chunks, line i gets one time.
+        base = max(round(now * _US), self._clock)
         if self._skipping:
             nl = data.find(b"\n")
             if nl < 0:
@@ -77,9 +88,10 @@ class FeedDecoder:
         for line in lines:
             if len(line) < 2 and (not line or line == b"\r"):  # len() first: cheapest test
                 continue
+            t = (base + n_lines) / _US
             n_lines += 1
             if line[:1] != b"!" or len(line) > max_len or self._pending_tag is not None:
-                n_messages += self._line(line, now, out)
+                n_messages += self._line(line, t, out)
                 continue
             sentence = parse_sentence(line)  # ignores whatever follows *hh, \r included
             if isinstance(sentence, Reject):
@@ -88,11 +100,12 @@ class FeedDecoder:
             payload = sentence[4]
             fill = sentence[5]
             if sentence[0] != 1 or invalid_chars(payload) or len(payload) * 6 - fill < MIN_BITS:
-                n_messages += self._sentence(None, sentence, now, out)
+                n_messages += self._sentence(None, sentence, t, out)
                 continue
             msg_type, mmsi = routing_fields(payload)
-            append(RawMessage(mmsi, msg_type, payload, fill, source, None, now, now, False))
+            append(RawMessage(mmsi, msg_type, payload, fill, source, None, t, t, False))
             n_messages += 1
+        self._clock = base + n_lines
         self.lines += n_lines
         self.messages += n_messages
         return out
@@ -100,6 +113,7 @@ class FeedDecoder:
     def flush(self, now: float) -> list[RawMessage]:
         """End of stream: parse a last unterminated line and drop open fragment groups."""
         out: list[RawMessage] = []
+        now = max(round(now * _US), self._clock) / _US
         tail, self._partial = self._partial, b""
         self._skipping = False
         if tail and tail != b"\r":

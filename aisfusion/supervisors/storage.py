@@ -7,6 +7,10 @@ is down too — to the local spool on disk. A batch leaves this actor's care onl
 confirmed it or the DLQ/spool holds it. Both drain back automatically: due DLQ entries and
 spooled segments are handed to the writer again once the breaker is closed, and while it is
 open one probe at a time tests whether Postgres is back.
+
+In a worker process (`on_durable` given) fresh batches are also tracked in arrival order: once
+a batch and every one before it are settled (in Postgres, the DLQ or the spool), the `upto`
+mark it carries goes to `on_durable`, which acknowledges those messages to the log.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +40,9 @@ from aisfusion.supervisors.supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger(__name__)
 
-# Where an in-flight batch came from, so its outcome can be acknowledged there.
-FRESH = ("fresh", "")
+# Where an in-flight batch came from, so its outcome can be acknowledged there (a fresh batch
+# by its batch id).
+FRESH = "fresh"
 _EMPTY = HistoryBatch(0, [], [])
 
 
@@ -83,6 +89,7 @@ class StorageSupervisor(Supervisor):
         clock: Callable[[], float] = time.monotonic,
         *,
         live: tuple[RedisStore, AsyncBridge] | None = None,
+        on_durable: Callable[[int], None] | None = None,
     ) -> None:
         timeout = config.breaker.call_timeout_s
         # The live writer may have a store on a loop of its own (see Service._start).
@@ -132,13 +139,22 @@ class StorageSupervisor(Supervisor):
         self._next_poll = 0.0
         self._dlq_stats: dict[str, Any] = {}
         self.rows_written = 0
+        self._on_durable = on_durable
+        # Fresh batches not yet settled, oldest first: batch id -> [upto, settled].
+        self._unsettled: OrderedDict[int, list[int]] = OrderedDict()
 
     # -- messages ----------------------------------------------------------------------
 
     def handle(self, message: Any) -> Any:
         match message:
             case HistoryBatch():
-                self._submit(message, FRESH)
+                origin = (FRESH, str(message.batch_id))
+                if self._on_durable is not None:
+                    self._unsettled[message.batch_id] = [message.upto, 0]
+                    if not message.positions and not message.vessels:
+                        self._settle(origin)  # a mark alone: nothing to write
+                        return None
+                self._submit(message, origin)
                 return None
             case BatchWritten():
                 self._written(message)
@@ -245,7 +261,9 @@ class StorageSupervisor(Supervisor):
     def _settle(self, origin: tuple[str, str]) -> None:
         """A batch from `origin` is safe in Postgres (or diverted again): release it there."""
         kind, ident = origin
-        if kind == "dlq":
+        if kind == FRESH:
+            self._durable(int(ident))
+        elif kind == "dlq":
             self._redis_call(self._dlq.ack(ident))
         elif kind == "spool" and self._spool_segment is not None:
             segment, outstanding = self._spool_segment
@@ -255,6 +273,21 @@ class StorageSupervisor(Supervisor):
             else:
                 self._spool.remove(segment)
                 self._spool_segment = None
+
+    def _durable(self, batch_id: int) -> None:
+        entry = self._unsettled.get(batch_id)
+        if entry is None or self._on_durable is None:
+            return
+        entry[1] = 1
+        upto = 0
+        while self._unsettled:
+            first = next(iter(self._unsettled.values()))
+            if not first[1]:
+                break
+            upto = max(upto, first[0])
+            self._unsettled.popitem(last=False)
+        if upto:
+            self._on_durable(upto)
 
     # -- the dead-letter path -----------------------------------------------------------
 

@@ -74,6 +74,9 @@ def start_service(tmp_path: Path, **settings: str) -> tuple[subprocess.Popen[byt
         "AISFUSION_SPOOL__DIR": str(tmp_path / "spool"),
         "AISFUSION_POSTGRES__URL": "",
         "AISFUSION_REDIS__URL": "",
+        # These tests look at the pipeline in one process; tests/e2e/test_workers.py runs
+        # the JetStream workers.
+        "AISFUSION_WORKERS__MODE": "in_process",
         **settings,
     }
     log = tmp_path / "service.log"

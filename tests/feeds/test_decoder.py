@@ -336,12 +336,22 @@ def test_tag_times_and_stations() -> None:
     stations = {m.station for m in messages}
     assert None not in stations
     assert len(stations) == 38
-    for m in messages:
-        assert m.arrival == 1000.0
-        assert m.received_at == (1000.0 if not m.has_tag_time else m.received_at)
-        assert m.source == "test"
+    # Arrival times are the chunk's plus 1 µs per line before it: distinct, in order.
+    arrivals = [m.arrival for m in messages]
+    assert arrivals == sorted(set(arrivals))
+    assert 1000.0 <= arrivals[0] and arrivals[-1] < 1000.0 + 10_001e-6
+    assert all(m.source == "test" for m in messages)
     timed = [m.received_at for m in messages if m.has_tag_time]
     assert 1.6e9 < min(timed) <= max(timed) < 1.7e9
+
+
+def test_arrival_times_of_one_stream_are_distinct_and_ordered_across_chunks() -> None:
+    d = decoder()
+    first = d.feed(POS + b"\n" + POS + b"\n", 7.0)
+    # Read "earlier" than the last line's time (a coarse clock): still after it.
+    second = d.feed(POS + b"\n", 7.0)
+    assert [m.arrival for m in first + second] == [7.0, 7.000001, 7.000002]
+    assert [m.arrival for m in d.feed(POS + b"\n", 9.0)] == [9.0]
 
 
 def test_millisecond_tag_times() -> None:
@@ -453,7 +463,7 @@ def test_standalone_tag_block_applies_to_the_next_ais_sentence() -> None:
     out = d.feed(stream, 5.0)
     assert [(m.station, m.received_at, m.has_tag_time) for m in out] == [
         ("rx1", 1700000000.0, True),
-        (None, 5.0, False),
+        (None, 5.000003, False),  # the fourth line: 3 µs after the chunk's time
     ]
     assert d.rejects == {"not_ais": 1}
 

@@ -1,0 +1,221 @@
+"""A worker's side of the log: the partitions it owns, consumed and acknowledged after commit.
+
+For each partition it holds a lease on (`leases`), the worker binds the durable pull consumer
+``<stream>-p<partition>`` (created on first use, one per partition, explicit acks)
+and resets it first: whatever its previous owner had been delivered and had not acknowledged is
+delivered again at once, from the acknowledgement floor, rather than after `ack_wait_s`.
+
+Fetched log messages are numbered in one sequence for the whole worker and handed to the same
+`Router` the in-process mode uses; after each fetch every shard is told `Mark(n)`. The mark
+travels behind the decisions to the batcher and rides on a history batch; once storage has
+that batch (and every earlier one) in PostgreSQL, the DLQ or the spool it calls `durable(n)`
+and every log message numbered up to n is acknowledged.
+So a message is acknowledged only after its positions are committed: at-least-once delivery,
+and with the idempotent history insert (key ``(mmsi, ts)``) exactly-once storage.
+
+A partition given up (lost or handed over) stops at once: its unacknowledged messages are left
+to the next owner, and the shards drop its vessels (`Release`), which the next owner rebuilds
+from Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import pykka
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
+
+from aisfusion.config import NatsConfig, WorkersConfig
+from aisfusion.jetstream import log as jlog
+from aisfusion.jetstream.leases import Leases
+from aisfusion.messages import Mark, RawMessage, Release
+from aisfusion.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+_FETCH_WAIT_S = 0.5
+_RELEASE_TIMEOUT_S = 30.0
+
+
+class LogIntake:
+    def __init__(
+        self,
+        nc: Nats,
+        nats_config: NatsConfig,
+        config: WorkersConfig,
+        worker_id: str,
+        route: Callable[[list[RawMessage]], None],
+        shards: Sequence[pykka.ActorRef[Any]],
+        metrics: Metrics,
+        card: dict[str, Any] | None = None,
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._nats = nats_config
+        self._config = config
+        self._route = route
+        self._shards = list(shards)
+        self._metrics = metrics
+        self.leases = Leases(
+            nc, nats_config, config, worker_id, metrics, self._acquired, self._released, card
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Per partition: (number, message) delivered and not yet acknowledged, oldest first.
+        self._unacked: dict[int, deque[tuple[int, Msg]]] = {}
+        self._seq = 0
+        self._durable = 0
+        self.consumed = 0
+        self.acked = 0
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await jlog.ensure_stream(self._js, self._nats)
+        await self.leases.start()
+
+    async def pause(self) -> None:
+        """Stop taking from the log, keeping the leases (renewed) and the acknowledgements to
+        come: the service drains what was routed, then calls `stop`."""
+        for part in list(self._tasks):
+            await self._halt(part, forget=False)
+
+    async def stop(self) -> None:
+        """Give the leases back; messages not acknowledged by now go to the next owner."""
+        await self.pause()
+        await self.leases.stop()
+        self._unacked.clear()
+
+    # -- ownership ---------------------------------------------------------------------
+
+    async def _acquired(self, part: int, epoch: int) -> None:
+        js, cfg = self._js, self._nats
+        name = jlog.consumer_name(cfg, part)
+        await js.add_consumer(
+            cfg.stream,
+            api.ConsumerConfig(
+                durable_name=name,
+                filter_subject=jlog.subject(cfg, part),
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+                ack_wait=self._config.ack_wait_s,
+                max_ack_pending=self._config.max_ack_pending,
+                max_deliver=-1,
+            ),
+        )
+        # Whatever the previous owner was given and did not acknowledge: again, now.
+        await js.reset_consumer(cfg.stream, name)
+        sub = await js.pull_subscribe_bind(durable=name, stream=cfg.stream)
+        self._unacked[part] = deque()
+        assert self._loop is not None
+        self._tasks[part] = self._loop.create_task(self._consume(part, epoch, sub))
+
+    async def _released(self, part: int) -> None:
+        await self._halt(part)
+        # The shards forget the partition's vessels (asked off the loop: they may be busy).
+        release = Release(frozenset({part}), self._nats.partitions)
+        asks = [shard.ask(release, block=False) for shard in self._shards]
+        loop = asyncio.get_running_loop()
+        for future in asks:
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(
+                    None, functools.partial(future.get, timeout=_RELEASE_TIMEOUT_S)
+                )
+
+    async def _halt(self, part: int, *, forget: bool = True) -> None:
+        # Out of `_tasks` first: the fetch loop also ends on that, since nats-py may turn a
+        # cancellation inside a fetch into a timeout.
+        task = self._tasks.pop(part, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if forget:
+            self._unacked.pop(part, None)
+
+    # -- consuming ---------------------------------------------------------------------
+
+    async def _consume(self, part: int, epoch: int, sub: Any) -> None:
+        m = self._metrics
+        batch = self._config.fetch_batch
+        me = asyncio.current_task()
+        try:
+            while self._tasks.get(part) is me:
+                if not self.leases.valid(part):
+                    await asyncio.sleep(0.05)  # renewing, or about to be given up
+                    continue
+                try:
+                    msgs = await sub.fetch(batch, timeout=_FETCH_WAIT_S)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                except Exception as exc:  # NATS away or restarting: the lease decides
+                    logger.debug("log: fetch of partition %d: %r", part, exc)
+                    await asyncio.sleep(_FETCH_WAIT_S)
+                    continue
+                if not self.leases.valid(part):
+                    continue  # lapsed while we waited: the next owner gets these again
+                unacked = self._unacked[part]
+                routed = 0
+                for msg in msgs:
+                    try:
+                        messages = jlog.decode(msg.data)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        m.log_undecodable.inc()
+                        messages = []
+                    self._seq += 1
+                    unacked.append((self._seq, msg))
+                    if messages:
+                        self._route(messages)
+                        routed += len(messages)
+                self.consumed += routed
+                m.log_consumed.inc(routed)
+                mark = Mark(self._seq)
+                for shard in self._shards:
+                    shard.tell(mark)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    # -- acknowledging -------------------------------------------------------------------
+
+    def durable(self, upto: int) -> None:
+        """Storage's callback (any thread): log messages numbered up to `upto` are safe."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._ack, upto)
+
+    def _ack(self, upto: int) -> None:
+        self._durable = max(self._durable, upto)
+        done: list[Msg] = []
+        for unacked in self._unacked.values():
+            while unacked and unacked[0][0] <= upto:
+                done.append(unacked.popleft()[1])
+        if done:
+            self.acked += len(done)
+            self._metrics.log_acked.inc(len(done))
+            asyncio.get_running_loop().create_task(self._send_acks(done))
+
+    async def _send_acks(self, msgs: list[Msg]) -> None:
+        # A workqueue stream wants each message acknowledged (no AckAll).
+        try:
+            for msg in msgs:
+                await msg.ack()
+        except Exception as exc:  # not acked: delivered again, stored once
+            logger.warning("log: ack failed: %s", exc)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.leases.status(),
+            "consumed": self.consumed,
+            "acked": self.acked,
+            "unacked": sum(len(q) for q in self._unacked.values()),
+            "durable_mark": self._durable,
+        }

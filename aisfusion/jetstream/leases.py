@@ -1,0 +1,235 @@
+"""Partition ownership: leases in a JetStream KV bucket, taken and renewed by compare-and-set.
+
+nats-py has no pinned-client consumer groups, so ownership is the engine's KV primitive: a
+lease is the key ``p<partition>`` in the bucket ``<stream>_leases`` whose entries expire after
+`workers.lease_ttl_s`. A worker takes a free partition with `create` (fails if the key holds a
+value), renews it with `update(last=revision)` (fails if anybody else wrote it since) and gives
+it back with `delete(last=revision)`. The revision it holds is the partition's ownership epoch:
+it only grows, so two owners of one partition never share one.
+
+Which worker should own which partition: every worker heartbeats into ``<stream>_workers``
+(same expiry; the value is its pid and metrics endpoint) and ranks the live workers per
+partition by rendezvous hashing; the winner takes it, the others leave it alone, and a holder
+that is no longer the winner (a new worker joined) hands it over. A worker that dies stops
+renewing: its leases and heartbeat expire within the TTL and the survivors take its partitions.
+A holder that cannot renew in time (NATS unreachable, the process paused) stops processing the
+partition once its lease may have expired (`valid`), before anyone else can have taken it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client as Nats
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from aisfusion.config import NatsConfig, WorkersConfig
+from aisfusion.jetstream import log as jlog
+from aisfusion.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+Acquired = Callable[[int, int], Awaitable[None]]  # (partition, epoch)
+Released = Callable[[int], Awaitable[None]]
+
+
+def rendezvous(partition: int, workers: list[str]) -> str | None:
+    """The worker that should own `partition` (highest hash of worker and partition)."""
+    best, best_score = None, b""
+    for worker in workers:
+        score = hashlib.blake2b(f"{worker}/{partition}".encode(), digest_size=8).digest()
+        if best is None or score > best_score:
+            best, best_score = worker, score
+    return best
+
+
+async def open_buckets(
+    nc: Nats, nats_config: NatsConfig, ttl_s: float
+) -> tuple[KeyValue, KeyValue]:
+    js = nc.jetstream()
+    buckets = []
+    for name in (jlog.leases_bucket(nats_config), jlog.members_bucket(nats_config)):
+        buckets.append(
+            await js.create_key_value(
+                bucket=name, ttl=ttl_s, history=1, replicas=nats_config.replicas
+            )
+        )
+    return buckets[0], buckets[1]
+
+
+async def live_keys(kv: KeyValue) -> dict[str, bytes]:
+    """Every key that holds a value (expired and deleted ones are not listed)."""
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return {}
+    out = {}
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            out[key] = entry.value
+    return out
+
+
+class Leases:
+    def __init__(
+        self,
+        nc: Nats,
+        nats_config: NatsConfig,
+        config: WorkersConfig,
+        worker_id: str,
+        metrics: Metrics,
+        acquired: Acquired,
+        released: Released,
+        card: dict[str, Any] | None = None,
+    ) -> None:
+        self._nc = nc
+        self._nats = nats_config
+        self._config = config
+        self.worker_id = worker_id
+        self._metrics = metrics
+        self._acquired = acquired
+        self._released = released
+        # What the heartbeat tells the others about this worker (pid, metrics endpoint).
+        self._card = json.dumps(card or {}).encode()
+        self._leases: KeyValue | None = None
+        self._members: KeyValue | None = None
+        self.held: dict[int, int] = {}  # partition -> revision (its epoch is the first one)
+        self.epochs: dict[int, int] = {}
+        self._renewed: dict[int, float] = {}  # partition -> monotonic time of the last renewal
+        self.workers: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+        self.moves = 0
+
+    async def start(self) -> None:
+        self._leases, self._members = await open_buckets(
+            self._nc, self._nats, self._config.lease_ttl_s
+        )
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def valid(self, partition: int) -> bool:
+        """Whether the lease on `partition` is certainly still ours: renewed within the TTL,
+        less a margin for the clock of the NATS server."""
+        renewed = self._renewed.get(partition)
+        margin = self._config.renew_interval_s / 2
+        return (
+            renewed is not None and time.monotonic() - renewed < self._config.lease_ttl_s - margin
+        )
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away: leases lapse by `valid`, we try again
+                logger.warning("leases: %s: %s", type(exc).__name__, exc)
+                try:
+                    await self._drop_invalid()
+                except Exception:
+                    logger.exception("leases: giving up lapsed partitions failed")
+            await asyncio.sleep(self._config.renew_interval_s)
+
+    async def _round(self) -> None:
+        assert self._leases is not None
+        assert self._members is not None
+        await self._members.put(self.worker_id, self._card)
+        self.workers = sorted(await live_keys(self._members))
+        self._metrics.workers_alive.set(len(self.workers))
+        # Renew what we hold first: that is what keeps processing going.
+        for part, revision in list(self.held.items()):
+            started = time.monotonic()
+            try:
+                self.held[part] = await self._leases.update(
+                    f"p{part}", self.worker_id.encode(), last=revision
+                )
+                self._renewed[part] = started
+            except KeyWrongLastSequenceError:
+                logger.warning("leases: partition %d was taken over", part)
+                await self._give_up(part, "lost")
+        for part in range(self._nats.partitions):
+            winner = rendezvous(part, self.workers)
+            if part in self.held and winner != self.worker_id and winner is not None:
+                await self._hand_over(part)
+            elif part not in self.held and winner == self.worker_id:
+                await self._try_take(part)
+
+    async def _try_take(self, part: int) -> None:
+        assert self._leases is not None
+        started = time.monotonic()
+        try:
+            revision = await self._leases.create(f"p{part}", self.worker_id.encode())
+        except KeyWrongLastSequenceError:
+            return  # still held (its owner is handing it over or has not expired yet)
+        self.held[part] = revision
+        self.epochs[part] = revision
+        self._renewed[part] = started
+        self.moves += 1
+        self._metrics.partition_moves.labels("acquired").inc()
+        self._metrics.partitions_owned.set(len(self.held))
+        logger.info("leases: took partition %d (epoch %d)", part, revision)
+        try:
+            await self._acquired(part, revision)
+        except Exception:
+            logger.exception("leases: cannot consume partition %d; giving it back", part)
+            await self._hand_over(part)
+
+    async def _hand_over(self, part: int) -> None:
+        assert self._leases is not None
+        revision = self.held[part]
+        await self._give_up(part, "released")
+        with contextlib.suppress(KeyWrongLastSequenceError):  # it had been taken already
+            await self._leases.delete(f"p{part}", last=revision)
+
+    async def _give_up(self, part: int, change: str) -> None:
+        self.held.pop(part, None)
+        self.epochs.pop(part, None)
+        self._renewed.pop(part, None)
+        self.moves += 1
+        self._metrics.partition_moves.labels(change).inc()
+        self._metrics.partitions_owned.set(len(self.held))
+        await self._released(part)
+
+    async def _drop_invalid(self) -> None:
+        lapsed = [p for p in self.held if not self.valid(p)]
+        if lapsed:
+            logger.warning("leases: partitions %s lapsed (cannot renew)", lapsed)
+        for part in lapsed:
+            await self._give_up(part, "lost")
+
+    async def stop(self) -> None:
+        """Give every lease back at once (a graceful stop: no one waits for the TTL)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for part in list(self.held):
+            try:
+                await self._hand_over(part)
+            except Exception as exc:  # NATS away: the lease expires instead
+                logger.warning("leases: cannot give back partition %d: %s", part, exc)
+        if self._members is not None:
+            try:
+                await self._members.delete(self.worker_id)
+            except Exception as exc:
+                logger.warning("leases: cannot leave the worker list: %s", exc)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "worker": self.worker_id,
+            "workers": self.workers,
+            "partitions": {str(p): {"epoch": e} for p, e in sorted(self.epochs.items())},
+            "moves": self.moves,
+        }

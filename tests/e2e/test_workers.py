@@ -1,0 +1,323 @@
+"""The JetStream workers as an operator runs them: `aisfusion run --workers 2` (a front that
+reads the feed and publishes to the log, and two `aisfusion worker` children), on PostgreSQL,
+Valkey and NATS of the test's own (so it can stop them), under kill -9.
+
+The feed is a known set of unique position reports with tag-block times (distinct MMSI and
+second, every one plausible), so what must be stored is exact: the rows are compared against
+the expected set itself, which finds a lost position and a duplicate (the same report stored
+under a second time) alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+import pytest
+from pyais.encode import encode_dict
+
+from aisfusion.jetstream import log as jlog
+from aisfusion.nmea_out import tag_block
+from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
+from tests.waiting import wait_until
+
+CLI = [sys.executable, "-m", "aisfusion.cli"]
+VESSELS = 400
+REPORTS = 6000
+
+
+def reports(now: float, start: int = 0, count: int = REPORTS) -> tuple[list[str], set[tuple]]:
+    """Unique plausible position reports and the (mmsi, second) set they must be stored as.
+
+    Report n is vessel n % VESSELS at second now - 3000 + n // 2 (each vessel every 200 s),
+    steaming north at 12 kn.
+    """
+    lines, expected = [], set()
+    for n in range(start, start + count):
+        mmsi = 257_000_000 + n % VESSELS
+        t = int(now) - 3000 + n // 2
+        fields = {
+            "type": 1,
+            "mmsi": mmsi,
+            "lat": 59.0 + (t - now) * 12.0 / 3600 / 60,
+            "lon": 10.0 + (n % VESSELS) * 0.01,
+            "speed": 12.0,
+            "course": 0.0,
+            "heading": 0,
+            "second": t % 60,  # agrees with the tag time: no clock correction
+        }
+        (sentence,) = encode_dict(fields, talker_id="AI", sentence_type="VDM")
+        lines.append(tag_block(sentence, station="rx", t=t))
+        expected.add((mmsi, t))
+    return lines, expected
+
+
+def free_ports(count: int) -> int:
+    """A base port with `count` free ports from it (the front's metrics port, then one per
+    worker: the front gives worker i the port base + 1 + i)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65535:
+            continue
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise AssertionError("no free ports")
+
+
+@pytest.fixture
+def own_servers(tmp_path: Path) -> Iterator[EmbeddedServers]:
+    servers = EmbeddedServers(tmp_path / "embedded", nats=True)
+    servers.start()
+    yield servers
+    servers.stop()
+    discard_moved_data(tmp_path / "embedded")
+
+
+class Front:
+    """`aisfusion run --workers N` in a child process, and what a person would ask it."""
+
+    def __init__(self, tmp: Path, servers: EmbeddedServers, workers: int, **settings: str):
+        self.tmp = tmp
+        self.base = free_ports(workers + 2)
+        self.feed_port = self.base + workers + 1
+        self.settings = {
+            "postgres.url": servers.postgres_url,
+            "redis.url": servers.redis_url,
+            "nats.url": servers.nats_url,
+            "feed.host": "127.0.0.1",
+            "feed.port": str(self.feed_port),
+            "metrics.port": str(self.base),
+            "control.socket": "",
+            "embedded.data_dir": str(tmp / "data"),
+            "spool.dir": str(tmp / "spool"),
+            "batcher.flush_interval_s": "0.05",
+            "workers.lease_ttl_s": "2",
+            "workers.renew_interval_s": "0.5",
+            **settings,
+        }
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [*CLI, "run", "--workers", str(self.workers)]
+        for key, value in self.settings.items():
+            args += ["--set", f"{key}={value}"]
+        with (self.tmp / "front.log").open("a") as sink:
+            self.proc = subprocess.Popen(args, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=sink)
+        wait_until(self.all_owned, "every partition to have a live owner", timeout=60)
+
+    def get(self, path: str, port: int | None = None) -> Any:
+        url = f"http://127.0.0.1:{port or self.base}{path}"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def status(self) -> dict[str, Any] | None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"front exited: {(self.tmp / 'front.log').read_text()[-3000:]}")
+        try:
+            return self.get("/status")  # type: ignore[no-any-return]
+        except (OSError, urllib.error.URLError):
+            return None
+
+    def all_owned(self) -> bool:
+        status = self.status()
+        if status is None or not status["log"].get("partitions"):
+            return False
+        alive = {w["id"] for w in status["log"]["workers_alive"]}
+        return len(alive) == self.workers and all(
+            p["owner"] in alive for p in status["log"]["partitions"]
+        )
+
+    def worker_pids(self) -> list[int]:
+        status = self.status()
+        assert status is not None
+        return [w["pid"] for w in status["log"]["workers"] if w["alive"]]
+
+    def worker_status(self, index: int) -> dict[str, Any]:
+        return self.get("/status", self.base + 1 + index)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def fronts() -> Iterator[list[Front]]:
+    made: list[Front] = []
+    yield made
+    for front in made:
+        front.stop()
+
+
+async def send(port: int, lines: list[str], rate: float | None = None) -> None:
+    """Send `lines` over one connection, at about `rate` lines/s (None: at once)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    step = 200
+    for i in range(0, len(lines), step):
+        writer.write(("\r\n".join(lines[i : i + step]) + "\r\n").encode())
+        await writer.drain()
+        if rate:
+            await asyncio.sleep(step / rate)
+    writer.close()
+    await writer.wait_closed()
+
+
+async def stored(pg_url: str) -> list[tuple[int, int]]:
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT mmsi, extract(epoch FROM ts)::bigint AS t FROM positions")
+    finally:
+        await conn.close()
+    return [(r["mmsi"], r["t"]) for r in rows]
+
+
+async def wait_stored(pg_url: str, count: int, limit_s: float = 90.0) -> list[tuple[int, int]]:
+    deadline = time.monotonic() + limit_s
+    while True:
+        rows = await stored(pg_url)
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.2)
+
+
+def kill9(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_kill_9_of_a_worker_moves_its_partitions_and_loses_nothing(
+    tmp_path: Path, own_servers: EmbeddedServers, fronts: list[Front]
+) -> None:
+    front = Front(tmp_path, own_servers, workers=2)
+    fronts.append(front)
+    front.start()
+    lines, expected = reports(time.time())
+    before = front.worker_status(1)["log"]["moves"]
+    victim = front.worker_status(0)
+    assert victim["log"]["partitions"]  # it owns some
+
+    sending = asyncio.create_task(send(front.feed_port, lines, rate=3000))
+    # Mid-stream: the victim has taken messages from the log it has not committed.
+    await asyncio.sleep(0.8)
+    kill9(victim["pid"])
+    assert len(await stored(own_servers.postgres_url)) < len(expected)  # mid-stream indeed
+    await sending
+
+    rows = await wait_stored(own_servers.postgres_url, len(expected))
+    assert len(rows) == len(set(rows))
+    assert set(rows) == expected  # nothing lost, nothing stored twice under another time
+    # The survivor took the victim's partitions, the front started a new worker.
+    assert front.worker_status(1)["log"]["moves"] > before
+    status = front.status()
+    assert status is not None
+    assert status["log"]["workers"][0]["restarts"] >= 1
+    assert status["log"]["publisher"]["published"] == len(lines)
+
+
+async def test_kill_9_of_everything_then_restart_stores_what_the_log_acknowledged(
+    tmp_path: Path, own_servers: EmbeddedServers, fronts: list[Front]
+) -> None:
+    """Front and workers die at once; what JetStream had acknowledged is stored after a
+    restart (the stream keeps every message here, `limits` retention, so the test can read
+    back exactly what was acknowledged)."""
+    front = Front(tmp_path, own_servers, workers=2, **{"nats.retention": "limits"})
+    fronts.append(front)
+    front.start()
+    lines, expected = reports(time.time())
+    sending = asyncio.create_task(send(front.feed_port, lines, rate=4000))
+    await asyncio.sleep(0.8)
+    assert front.proc is not None
+    everyone = [front.proc.pid, *front.worker_pids()]
+    for pid in everyone:
+        kill9(pid)
+    with contextlib.suppress(OSError):
+        await sending
+    front.proc.wait()
+    wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in everyone[1:]), "workers gone")
+
+    acknowledged = await log_contents(own_servers.nats_url)
+    assert 0 < len(acknowledged) < len(expected)  # mid-stream indeed
+    assert acknowledged <= expected
+
+    again = Front(tmp_path, own_servers, workers=2, **{"nats.retention": "limits"})
+    fronts.append(again)
+    again.start()
+    rows = await wait_stored(own_servers.postgres_url, len(acknowledged))
+    assert len(rows) == len(set(rows))
+    assert set(rows) == acknowledged
+
+
+async def log_contents(url: str) -> set[tuple[int, int]]:
+    """Every (mmsi, tag time) in the stream, read back message by message."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info("AIS_RAW")
+        found = set()
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg("AIS_RAW", seq=seq)
+            for raw in jlog.decode(msg.data):
+                found.add((raw.mmsi, int(raw.received_at)))
+        return found
+    finally:
+        await nc.close()
+
+
+async def test_nats_restarted_mid_stream_loses_nothing_accepted(
+    tmp_path: Path, own_servers: EmbeddedServers, fronts: list[Front]
+) -> None:
+    front = Front(tmp_path, own_servers, workers=2)
+    fronts.append(front)
+    front.start()
+    now = time.time()
+    first, expected_first = reports(now, 0, REPORTS // 2)
+    second, expected_second = reports(now, REPORTS // 2, REPORTS // 2)
+    await send(front.feed_port, first)
+    own_servers.stop_nats()
+    await send(front.feed_port, second)  # the feed goes on: the front holds these
+
+    def not_ready() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{front.base}/readyz", timeout=5)
+        except urllib.error.HTTPError as exc:
+            return exc.code == 503
+        return False
+
+    wait_until(not_ready, "the front to report itself not ready", timeout=30)
+    status = front.status()
+    assert status is not None
+    assert status["log"]["publisher"]["connected"] is False
+    own_servers.start_nats()
+    rows = await wait_stored(own_servers.postgres_url, REPORTS)
+    assert len(rows) == len(set(rows))
+    assert set(rows) == expected_first | expected_second
+    wait_until(lambda: front.status()["ready"], "the front to be ready again", timeout=30)
