@@ -339,7 +339,7 @@ def test_tag_times_and_stations() -> None:
     # Arrival times are the chunk's plus 1 µs per line before it: distinct, in order.
     arrivals = [m.arrival for m in messages]
     assert arrivals == sorted(set(arrivals))
-    assert 1000.0 <= arrivals[0] and arrivals[-1] < 1000.0 + 10_001e-6
+    assert arrivals[0] >= 1000.0 and arrivals[-1] < 1000.0 + 10_001e-6
     assert all(m.source == "test" for m in messages)
     timed = [m.received_at for m in messages if m.has_tag_time]
     assert 1.6e9 < min(timed) <= max(timed) < 1.7e9
