@@ -71,12 +71,13 @@ async def live_keys(kv: KeyValue) -> dict[str, bytes]:
         keys = await kv.keys()
     except NoKeysError:
         return {}
+    entries = await asyncio.gather(*(kv.get(key) for key in keys), return_exceptions=True)
     out = {}
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
+    for key, entry in zip(keys, entries, strict=True):
+        if isinstance(entry, KeyNotFoundError):
             continue
+        if isinstance(entry, BaseException):
+            raise entry
         if entry.value:
             out[key] = entry.value
     return out
@@ -147,17 +148,27 @@ class Leases:
         await self._members.put(self.worker_id, self._card)
         self.workers = sorted(await live_keys(self._members))
         self._metrics.workers_alive.set(len(self.workers))
-        # Renew what we hold first: that is what keeps processing going.
-        for part, revision in list(self.held.items()):
-            started = time.monotonic()
-            try:
-                self.held[part] = await self._leases.update(
-                    f"p{part}", self.worker_id.encode(), last=revision
-                )
+        # Renew what we hold first, all at once (one round trip): that is what keeps
+        # processing going however busy this process is.
+        held = list(self.held.items())
+        started = time.monotonic()
+        me = self.worker_id.encode()
+        results = await asyncio.gather(
+            *(self._leases.update(f"p{part}", me, last=rev) for part, rev in held),
+            return_exceptions=True,
+        )
+        for (part, _), result in zip(held, results, strict=True):
+            if isinstance(result, int):
+                self.held[part] = result
                 self._renewed[part] = started
-            except KeyWrongLastSequenceError:
+            elif isinstance(result, KeyWrongLastSequenceError):
                 logger.warning("leases: partition %d was taken over", part)
                 await self._give_up(part, "lost")
+            elif isinstance(result, BaseException):
+                raise result
+        spent = time.monotonic() - started
+        if spent > self._config.lease_ttl_s / 4:
+            logger.warning("leases: renewing %d leases took %.2f s", len(held), spent)
         for part in range(self._nats.partitions):
             winner = rendezvous(part, self.workers)
             if part in self.held and winner != self.worker_id and winner is not None:
