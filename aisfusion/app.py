@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -51,6 +52,7 @@ from aisfusion.messages import Flush
 from aisfusion.metrics import Metrics
 from aisfusion.router import Router, shard_of
 from aisfusion.storage.bridge import AsyncBridge
+from aisfusion.storage.dlq import DeadLetterQueue
 from aisfusion.storage.embedded import EmbeddedServers
 from aisfusion.storage.postgres import PostgresStore
 from aisfusion.storage.redis import RedisStore
@@ -255,6 +257,8 @@ class Service:
                 card = {"pid": os.getpid(), "metrics": f"{cfg.metrics.host}:{self.metrics_port}"}
                 self.intake = LogIntake(
                     self._nc,
+                    # The leases get a connection of their own (on their own thread).
+                    functools.partial(jlog.connect, cfg.nats, nats_url, f"{self.worker_id}-leases"),
                     cfg.nats,
                     cfg.workers,
                     self.worker_id,
@@ -382,7 +386,7 @@ class Service:
         The front publishes what it holds and waits until the workers acknowledged it all.
         """
         if self.role == "front":
-            return await self._drain_log(deadline_s)
+            return await self._drain_log(deadline_s, everything)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + deadline_s
 
@@ -469,20 +473,33 @@ class Service:
                 self.embedded.stop()
                 self.embedded = None
 
-    async def _drain_log(self, deadline_s: float) -> bool:
+    async def _drain_log(self, deadline_s: float, everything: bool) -> bool:
         """The front: everything read is published, and every partition's consumer has
-        acknowledged everything (workers acknowledge after commit)."""
-        if self.publisher is None or self.log_monitor is None:
+        acknowledged everything (workers acknowledge after commit, or once a batch is safe
+        in the DLQ). With `everything`, also wait until the shared DLQ is empty, so that
+        what was acknowledged is in Postgres (a worker's local spool is its own: it shows
+        in that worker's status)."""
+        if self.publisher is None or self.log_monitor is None or self.redis is None:
             return False
         deadline = time.monotonic() + deadline_s
         if not await self.publisher.flush(deadline_s):
             return False
         published_at = time.time()
-        while time.monotonic() < deadline:
-            if self.log_monitor.drained_since(published_at):
-                return True
+        while not self.log_monitor.drained_since(published_at):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+            with contextlib.suppress(Exception):  # NATS away: look again until the deadline
+                await self.log_monitor.observe()
+        dlq = DeadLetterQueue(self.redis)
+        while everything:
+            stats = await asyncio.wrap_future(self.bridge.submit(dlq.stats()))
+            if stats.ready + stats.scheduled + stats.leased == 0:
+                break
+            if time.monotonic() > deadline:
+                return False
             await asyncio.sleep(0.1)
-        return False
+        return True
 
     async def _stop_log(self, drain: bool) -> None:
         """Before the drain: the front publishes what it holds and stops its workers; a

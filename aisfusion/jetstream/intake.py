@@ -37,7 +37,7 @@ from nats.js import api
 
 from aisfusion.config import NatsConfig, WorkersConfig
 from aisfusion.jetstream import log as jlog
-from aisfusion.jetstream.leases import Leases
+from aisfusion.jetstream.leases import Connect, Leases
 from aisfusion.messages import Mark, RawMessage, Release
 from aisfusion.metrics import Metrics
 
@@ -51,6 +51,7 @@ class LogIntake:
     def __init__(
         self,
         nc: Nats,
+        connect: Connect,
         nats_config: NatsConfig,
         config: WorkersConfig,
         worker_id: str,
@@ -67,7 +68,14 @@ class LogIntake:
         self._shards = list(shards)
         self._metrics = metrics
         self.leases = Leases(
-            nc, nats_config, config, worker_id, metrics, self._acquired, self._released, card
+            connect,
+            nats_config,
+            config,
+            worker_id,
+            metrics,
+            self._acquired,
+            self._released,
+            card,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}

@@ -14,21 +14,30 @@ that is no longer the winner (a new worker joined) hands it over. A worker that 
 renewing: its leases and heartbeat expire within the TTL and the survivors take its partitions.
 A holder that cannot renew in time (NATS unreachable, the process paused) stops processing the
 partition once its lease may have expired (`valid`), before anyone else can have taken it.
+
+The leases are kept on a thread of their own, with its own event loop and NATS connection: the
+worker's loop is busy decoding and routing what it consumes, and renewals queued behind that
+work took longer than the TTL under full load (measured: 64 renewals 3 s), so a busy worker
+lost its partitions to nobody. The callbacks (`acquired`, `released`) run on the loop that
+called `start`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client as Nats
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from aisfusion.config import NatsConfig, WorkersConfig
@@ -39,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 Acquired = Callable[[int, int], Awaitable[None]]  # (partition, epoch)
 Released = Callable[[int], Awaitable[None]]
+Connect = Callable[[], Awaitable[Nats]]
 
 
 def rendezvous(partition: int, workers: list[str]) -> str | None:
@@ -65,16 +75,20 @@ async def open_buckets(
     return buckets[0], buckets[1]
 
 
-async def live_keys(kv: KeyValue) -> dict[str, bytes]:
-    """Every key that holds a value (expired and deleted ones are not listed)."""
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return {}
+async def live_keys(js: JetStreamContext, bucket: str, kv: KeyValue) -> dict[str, bytes]:
+    """Every key of `bucket` that holds a value (expired and deleted ones are not listed).
+
+    The keys come from the bucket stream's subjects (stream info), not from `kv.keys()`: that
+    opens an ephemeral consumer per call which the server keeps for minutes, and listing every
+    round hit the server's consumer limit within a minute ("maximum consumers limit reached").
+    """
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    keys = [subject[len(prefix) :] for subject in (info.state.subjects or {})]
     entries = await asyncio.gather(*(kv.get(key) for key in keys), return_exceptions=True)
     out = {}
     for key, entry in zip(keys, entries, strict=True):
-        if isinstance(entry, KeyNotFoundError):
+        if isinstance(entry, (KeyNotFoundError, KeyDeletedError)):
             continue
         if isinstance(entry, BaseException):
             raise entry
@@ -86,7 +100,7 @@ async def live_keys(kv: KeyValue) -> dict[str, bytes]:
 class Leases:
     def __init__(
         self,
-        nc: Nats,
+        connect: Connect,
         nats_config: NatsConfig,
         config: WorkersConfig,
         worker_id: str,
@@ -95,7 +109,7 @@ class Leases:
         released: Released,
         card: dict[str, Any] | None = None,
     ) -> None:
-        self._nc = nc
+        self._connect = connect
         self._nats = nats_config
         self._config = config
         self.worker_id = worker_id
@@ -104,6 +118,7 @@ class Leases:
         self._released = released
         # What the heartbeat tells the others about this worker (pid, metrics endpoint).
         self._card = json.dumps(card or {}).encode()
+        self._js: JetStreamContext | None = None
         self._leases: KeyValue | None = None
         self._members: KeyValue | None = None
         self.held: dict[int, int] = {}  # partition -> revision (its epoch is the first one)
@@ -112,12 +127,44 @@ class Leases:
         self.workers: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self.moves = 0
+        self._home: asyncio.AbstractEventLoop | None = None  # where the callbacks run
+        self._loop: asyncio.AbstractEventLoop | None = None  # the keeper thread's
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
 
     async def start(self) -> None:
-        self._leases, self._members = await open_buckets(
-            self._nc, self._nats, self._config.lease_ttl_s
+        """Start the keeper thread; returns once it is connected and has its buckets."""
+        self._home = asyncio.get_running_loop()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._keep(ready),), name="leases", daemon=True
         )
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._thread.start()
+        await asyncio.wrap_future(ready)
+
+    async def _keep(self, ready: concurrent.futures.Future[None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        try:
+            nc = await self._connect()
+            self._js = nc.jetstream()
+            self._leases, self._members = await open_buckets(
+                nc, self._nats, self._config.lease_ttl_s
+            )
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        self._task = self._loop.create_task(self._run())
+        ready.set_result(None)
+        try:
+            await self._stopped.wait()
+        finally:
+            await nc.close()
+
+    async def _home_call(self, coro: Awaitable[None]) -> None:
+        """Run a callback on the home loop and wait for it (from the keeper thread)."""
+        assert self._home is not None
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._home))  # type: ignore[arg-type]
 
     def valid(self, partition: int) -> bool:
         """Whether the lease on `partition` is certainly still ours: renewed within the TTL,
@@ -146,10 +193,12 @@ class Leases:
         assert self._leases is not None
         assert self._members is not None
         await self._members.put(self.worker_id, self._card)
-        self.workers = sorted(await live_keys(self._members))
+        assert self._js is not None
+        members = jlog.members_bucket(self._nats)
+        self.workers = sorted(await live_keys(self._js, members, self._members))
         self._metrics.workers_alive.set(len(self.workers))
         # Renew what we hold first, all at once (one round trip): that is what keeps
-        # processing going however busy this process is.
+        # processing going.
         held = list(self.held.items())
         started = time.monotonic()
         me = self.worker_id.encode()
@@ -191,7 +240,7 @@ class Leases:
         self._metrics.partitions_owned.set(len(self.held))
         logger.info("leases: took partition %d (epoch %d)", part, revision)
         try:
-            await self._acquired(part, revision)
+            await self._home_call(self._acquired(part, revision))
         except Exception:
             logger.exception("leases: cannot consume partition %d; giving it back", part)
             await self._hand_over(part)
@@ -210,7 +259,7 @@ class Leases:
         self.moves += 1
         self._metrics.partition_moves.labels(change).inc()
         self._metrics.partitions_owned.set(len(self.held))
-        await self._released(part)
+        await self._home_call(self._released(part))
 
     async def _drop_invalid(self) -> None:
         lapsed = [p for p in self.held if not self.valid(p)]
@@ -220,7 +269,21 @@ class Leases:
             await self._give_up(part, "lost")
 
     async def stop(self) -> None:
-        """Give every lease back at once (a graceful stop: no one waits for the TTL)."""
+        """Give every lease back at once (a graceful stop: no one waits for the TTL), then
+        end the keeper thread."""
+        if self._loop is None or self._thread is None:
+            return
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._leave(), self._loop))
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+
+    def freeze(self) -> None:
+        """Stop renewing and keep believing (tests: a paused or cut-off process)."""
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+
+    async def _leave(self) -> None:
+        assert self._stopped is not None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -236,6 +299,7 @@ class Leases:
                 await self._members.delete(self.worker_id)
             except Exception as exc:
                 logger.warning("leases: cannot leave the worker list: %s", exc)
+        self._stopped.set()
 
     def status(self) -> dict[str, Any]:
         return {

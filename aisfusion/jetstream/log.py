@@ -8,6 +8,8 @@ order; the `Nats-Msg-Id` header makes a publish that is retried after a lost ack
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 from nats.aio.client import Client as Nats
 from nats.js import JetStreamContext, api
@@ -15,6 +17,8 @@ from nats.js.errors import NotFoundError
 
 from aisfusion.config import NatsConfig
 from aisfusion.messages import RawBatch, RawMessage
+
+logger = logging.getLogger(__name__)
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(RawBatch)
@@ -74,6 +78,16 @@ async def connect(config: NatsConfig, url: str, name: str) -> Nats:
     """A client that reconnects for ever: an outage is waited out, not fatal."""
     import nats
 
+    async def error(exc: Exception) -> None:
+        # One line, not nats-py's traceback per reconnect attempt during an outage.
+        logger.warning("nats %s: %s: %s", name, type(exc).__name__, exc)
+
+    async def disconnected() -> None:
+        logger.warning("nats %s: disconnected; reconnecting", name)
+
+    async def reconnected() -> None:
+        logger.info("nats %s: reconnected", name)
+
     return await nats.connect(
         servers=url.split(","),
         name=name,
@@ -81,6 +95,9 @@ async def connect(config: NatsConfig, url: str, name: str) -> Nats:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         allow_reconnect=True,
+        error_cb=error,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
     )
 
 

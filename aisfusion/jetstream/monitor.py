@@ -34,6 +34,7 @@ class LogMonitor:
         self._pool = pool
         self._task: asyncio.Task[None] | None = None
         self._snapshot: dict[str, Any] = {"partitions": [], "stream": None}
+        self._buckets: tuple[Any, Any] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -46,33 +47,44 @@ class LogMonitor:
             self._task = None
 
     async def _run(self) -> None:
-        cfg = self._config
-        leases, members = await open_buckets(self._nc, cfg.nats, cfg.workers.lease_ttl_s)
         while True:
             self._pool.poll()
             try:
-                await self._observe(leases, members)
+                await self.observe()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS away: the publisher's metrics say so
                 logger.debug("log monitor: %s", exc)
             await asyncio.sleep(_INTERVAL_S)
 
-    async def _observe(self, leases: Any, members: Any) -> None:
+    async def observe(self) -> None:
+        """Look at owners and lags now (also on demand: a drain waits for a fresh look)."""
         cfg, m = self._config.nats, self._metrics
-        owners = {key: value.decode() for key, value in (await live_keys(leases)).items()}
-        cards = await live_keys(members)
+        if self._buckets is None:
+            self._buckets = await open_buckets(self._nc, cfg, self._config.workers.lease_ttl_s)
+        leases, members = self._buckets
+        held = await live_keys(self._js, jlog.leases_bucket(cfg), leases)
+        owners = {key: value.decode() for key, value in held.items()}
+        cards = await live_keys(self._js, jlog.members_bucket(cfg), members)
         workers = sorted(cards)
         m.workers_alive.set(len(workers))
+        infos = await asyncio.gather(
+            *(
+                self._js.consumer_info(cfg.stream, jlog.consumer_name(cfg, part))
+                for part in range(cfg.partitions)
+            ),
+            return_exceptions=True,
+        )
         partitions = []
-        for part in range(cfg.partitions):
+        for part, info in enumerate(infos):
             owner = owners.get(f"p{part}")
             lag: int | None = None
-            try:
-                info = await self._js.consumer_info(cfg.stream, jlog.consumer_name(cfg, part))
-                lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-            except NotFoundError:
+            if isinstance(info, NotFoundError):
                 lag = None  # never consumed yet
+            elif isinstance(info, BaseException):
+                raise info
+            else:
+                lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
             label = str(part)
             m.partition_owned.labels(label).set(1 if owner in workers else 0)
             if lag is not None:

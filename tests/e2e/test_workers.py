@@ -238,13 +238,23 @@ async def test_kill_9_of_a_worker_moves_its_partitions_and_loses_nothing(
     # The victim's share is owned again under new leases (by the survivor, or by the
     # restarted worker: it keeps its id, so its rendezvous share, once the old lease
     # expired), and the front restarted the dead process.
-    now = {0: front.worker_status(0), 1: front.worker_status(1)}
-    assert now[0]["pid"] != victim["pid"]
+    now: dict[int, dict[str, Any]] = {}
+
+    def share_owned_again() -> bool:
+        try:
+            now.update({i: front.worker_status(i) for i in (0, 1)})
+        except (OSError, urllib.error.URLError):
+            return False  # the new worker 0 is still starting
+        return now[0]["pid"] != victim["pid"] and all(
+            sum(part in w["log"]["partitions"] for w in now.values()) == 1 for part in share
+        )
+
+    wait_until(share_owned_again, "the victim's share to be owned again", timeout=30)
     for part in share:
-        owners = [w for w in now.values() if part in w["log"]["partitions"]]
-        assert len(owners) == 1
-        epoch = owners[0]["log"]["partitions"][part]["epoch"]
-        assert epoch > victim["log"]["partitions"][part]["epoch"]
+        (owner,) = (w for w in now.values() if part in w["log"]["partitions"])
+        assert (
+            owner["log"]["partitions"][part]["epoch"] > victim["log"]["partitions"][part]["epoch"]
+        )
     status = front.status()
     assert status is not None
     assert status["log"]["workers"][0]["restarts"] >= 1

@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import nats
 import pytest
-from nats.aio.client import Client as Nats
 
 from aisfusion.config import NatsConfig, WorkersConfig
 from aisfusion.jetstream.leases import Leases, rendezvous
@@ -33,21 +31,22 @@ def test_rendezvous_is_stable_and_spreads_the_partitions() -> None:
     assert rendezvous(0, []) is None
 
 
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Nats]:
-    client = await nats.connect(nats_url)
-    yield client
-    await client.close()
-
-
 class Holder:
     """A Leases with a journal of what it was given."""
 
-    def __init__(self, nc: Nats, config: NatsConfig, name: str) -> None:
+    def __init__(self, url: str, config: NatsConfig, name: str) -> None:
         self.acquired: dict[int, float] = {}
         self.released: list[int] = []
         self.on_acquire: list[object] = []
-        self.leases = Leases(nc, config, WORKERS, name, Metrics(), self._acquired, self._released)
+        self.leases = Leases(
+            lambda: nats.connect(url),
+            config,
+            WORKERS,
+            name,
+            Metrics(),
+            self._acquired,
+            self._released,
+        )
 
     async def _acquired(self, part: int, epoch: int) -> None:
         for check in self.on_acquire:
@@ -69,9 +68,9 @@ def config() -> NatsConfig:
     return NatsConfig(stream=unique_name("L").replace("_", "-")[:60], partitions=PARTITIONS)
 
 
-async def test_a_new_worker_gets_its_share_handed_over(nc: Nats) -> None:
+async def test_a_new_worker_gets_its_share_handed_over(nats_url: str) -> None:
     cfg = config()
-    a, b = Holder(nc, cfg, "worker-a"), Holder(nc, cfg, "worker-b")
+    a, b = Holder(nats_url, cfg, "worker-a"), Holder(nats_url, cfg, "worker-b")
     await a.leases.start()
     await until(lambda: len(a.leases.held) == PARTITIONS, "a to hold every partition")
     epochs_a = dict(a.leases.epochs)
@@ -94,16 +93,15 @@ async def test_a_new_worker_gets_its_share_handed_over(nc: Nats) -> None:
     await a.leases.stop()
 
 
-async def test_a_frozen_holder_stops_owning_before_anyone_takes_over(nc: Nats) -> None:
+async def test_a_frozen_holder_stops_owning_before_anyone_takes_over(nats_url: str) -> None:
     cfg = config()
-    a, b = Holder(nc, cfg, "worker-a"), Holder(nc, cfg, "worker-b")
+    a, b = Holder(nats_url, cfg, "worker-a"), Holder(nats_url, cfg, "worker-b")
     await a.leases.start()
     await until(lambda: len(a.leases.held) == PARTITIONS, "a to hold every partition")
     epochs_a = dict(a.leases.epochs)
     # Freeze a: it stops renewing (as a paused or partitioned process would) but still
     # believes it holds its leases until `valid` says otherwise.
-    assert a.leases._task is not None
-    a.leases._task.cancel()
+    a.leases.freeze()
     b.on_acquire.append(
         lambda part: (
             pytest.fail(f"a still considers {part} its own") if a.leases.valid(part) else None
