@@ -224,8 +224,8 @@ class Service:
             self.maintenance = Maintenance(cfg.retention, self.postgres, self.redis, self.metrics)
             self.maintenance.start(self.bridge)
         if self.role != "direct":
-            self._nc = await jlog.connect(cfg.nats, nats_url, f"aisfusion-{self.role}")
-            self.metrics.log_connected.set(1)
+            nc = self._nc = await jlog.connect(cfg.nats, nats_url, f"aisfusion-{self.role}")
+            self.metrics.log_connected.labels(self.role).set_function(lambda: nc.is_connected)
         if self.role != "worker":
             self._feed = FeedSet()
         if self.role == "front":

@@ -30,7 +30,10 @@ def supervision_tree(
     service: Service, shard_stats: list[Any], storage: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The tree of `service` from what its actors answered: `shard_stats` per shard and the
-    storage supervisor's status (None where an actor did not answer in time: shown busy)."""
+    storage supervisor's status (None where an actor did not answer in time: shown busy).
+    A front has no actors: its children are the publisher and the worker processes it runs."""
+    if service.role == "front":
+        return _root(service, _front_children(service))
     children: list[dict[str, Any]] = []
     for ref, stats in zip(service.shards, shard_stats, strict=True):
         child = _node(f"shard-{len(children)}", "shard", ref)
@@ -66,6 +69,38 @@ def supervision_tree(
     elif supervisor["state"] == "running":
         supervisor.update(state="busy", children=[])
     children.append(supervisor)
+    return _root(service, children)
+
+
+def _front_children(service: Service) -> list[dict[str, Any]]:
+    publisher = service.publisher.status() if service.publisher is not None else None
+    children = [
+        {
+            "name": "publisher",
+            "kind": "publisher",
+            "state": "dead"
+            if publisher is None
+            else ("running" if publisher["healthy"] else "disconnected"),
+            "restarts": None,
+            "mailbox": None if publisher is None else publisher["buffered"],
+            "last_error": None if publisher is None else publisher["last_error"],
+        }
+    ]
+    for worker in [] if service.workers is None else service.workers.status():
+        children.append(
+            {
+                "name": f"worker {worker['id']}",
+                "kind": "worker",
+                "state": "running" if worker["alive"] else "dead",
+                "restarts": worker["restarts"],
+                "mailbox": None,
+                "pid": worker["pid"],
+            }
+        )
+    return children
+
+
+def _root(service: Service, children: list[dict[str, Any]]) -> dict[str, Any]:
     state = "running" if service.ready else "not ready"
     if service.failure is not None:
         state = "failed"

@@ -435,7 +435,11 @@ class Metrics:
             registry=r,
         )
         self.log_connected = Gauge(
-            "aisfusion_log_connected", "1 while this process is connected to NATS", registry=r
+            "aisfusion_log_connected",
+            "1 while this process is connected to NATS (role: front or worker; absent in the "
+            "direct mode, so that an alert on 0 never fires there)",
+            ["role"],
+            registry=r,
         )
         self.log_consumed = Counter(
             "aisfusion_log_consumed_messages_total",

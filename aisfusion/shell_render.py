@@ -65,6 +65,8 @@ def _tree_rows(node: dict[str, Any], prefix: str, last: bool, root: bool) -> lis
             f"{node['strategy']}, at most {node['max_restarts']} restarts in "
             f"{node['within_s']:g} s" + (", ESCALATED" if node.get("escalated") else "")
         )
+    if node.get("kind") == "worker" and node.get("pid"):
+        detail.append(f"pid {node['pid']}")
     if node.get("last_error"):
         detail.append(f"last error: {node['last_error']}")
     rows = [
@@ -91,6 +93,11 @@ def render_status(data: dict[str, Any]) -> str:
     rows = _tree_rows(data["tree"], "", True, root=True)
     headers = ["ACTOR", "STATE", "RESTARTS", "MAILBOX", "DETAIL"]
     out = [head, "", table(headers, [[*r[:4], ", ".join(r[4:])] for r in rows])]
+    log = data.get("log")
+    if log:
+        out += ["", *_log_lines(log, data.get("role"))]
+    if data.get("role") == "front":
+        return "\n".join(out)
     storage = data.get("storage")
     if storage:
         out.append("")
@@ -111,6 +118,68 @@ def render_status(data: dict[str, Any]) -> str:
     else:
         out += ["", "storage supervisor: no answer (busy)"]
     return "\n".join(out)
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """1,2,3,7 -> "1-3,7"."""
+    out: list[str] = []
+    run: list[int] = []
+    for n in sorted(numbers):
+        if run and n != run[-1] + 1:
+            out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+            run = []
+        run.append(n)
+    if run:
+        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ",".join(out)
+
+
+def _log_lines(log: dict[str, Any], role: Any) -> list[str]:
+    """The JetStream side: a front's publisher, workers and partitions; a worker's leases."""
+    if role != "front":
+        held = [int(p) for p in log.get("partitions", {})]
+        return [
+            f"log: worker {log.get('worker')}, {len(held)} partitions ({_ranges(held) or '-'}), "
+            f"{log.get('consumed', 0)} consumed, {log.get('acked', 0)} log messages acked, "
+            f"{log.get('unacked', 0)} awaiting commit; {len(log.get('workers', []))} workers "
+            f"alive; {log.get('moves', 0)} moves"
+        ]
+    out = []
+    pub = log.get("publisher") or {}
+    out.append(
+        f"log: {'connected' if pub.get('connected') else 'NOT CONNECTED'}, "
+        f"{pub.get('published', 0)} published, {pub.get('buffered', 0)} buffered, "
+        f"{pub.get('dropped', 0)} dropped"
+        + (f"; last error: {pub['last_error']}" if pub.get("last_error") else "")
+    )
+    stream = log.get("stream")
+    if stream:
+        out.append(
+            f"stream {stream['name']}: {stream['messages']} messages, {stream['bytes']} bytes"
+        )
+    by_owner: dict[str, list[dict[str, Any]]] = {}
+    for part in log.get("partitions", []):
+        by_owner.setdefault(part.get("owner") or "(none)", []).append(part)
+    alive = {w["id"]: w for w in log.get("workers_alive", [])}
+    rows = []
+    for owner, parts in sorted(by_owner.items()):
+        card = alive.get(owner)
+        lag = sum(part["lag"] or 0 for part in parts)
+        rows.append(
+            [
+                owner,
+                "alive" if card else ("-" if owner == "(none)" else "GONE"),
+                card.get("pid") if card else None,
+                card.get("metrics") if card else None,
+                len(parts),
+                _ranges([part["partition"] for part in parts]),
+                lag,
+            ]
+        )
+    if rows:
+        headers = ["OWNER", "HEARTBEAT", "PID", "METRICS", "PARTITIONS", "WHICH", "LAG"]
+        out += ["", table(headers, rows)]
+    return out
 
 
 def render_breakers(data: Any) -> str:

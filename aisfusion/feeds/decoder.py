@@ -68,7 +68,8 @@ class FeedDecoder:
             data = self._partial + data
         lines = data.split(b"\n")
         tail = lines.pop()
-        if len(tail) > self.max_line_bytes + 1:  # +1: the line's \r may be in this chunk
+        too_long = len(tail) > self.max_line_bytes + 1  # +1: the line's \r may be in this chunk
+        if too_long:
             # Counted now, not when its newline finally comes, so a peer that never sends
             # one is still seen; the rest of the line is skipped without being buffered.
             self.lines += 1
@@ -105,7 +106,8 @@ class FeedDecoder:
             msg_type, mmsi = routing_fields(payload)
             append(RawMessage(mmsi, msg_type, payload, fill, source, None, t, t, False))
             n_messages += 1
-        self._clock = base + n_lines
+        # The over-long tail line takes its time slot too, as it does inside a chunk.
+        self._clock = base + n_lines + too_long
         self.lines += n_lines
         self.messages += n_messages
         return out

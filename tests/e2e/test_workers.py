@@ -111,7 +111,7 @@ class Front:
             "feed.host": "127.0.0.1",
             "feed.port": str(self.feed_port),
             "metrics.port": str(self.base),
-            "control.socket": "",
+            "control.socket": str(tmp / "control.sock"),
             "embedded.data_dir": str(tmp / "data"),
             "spool.dir": str(tmp / "spool"),
             "batcher.flush_interval_s": "0.05",
@@ -156,6 +156,18 @@ class Front:
         status = self.status()
         assert status is not None
         return [w["pid"] for w in status["log"]["workers"] if w["alive"]]
+
+    def shell(self, command: str) -> str:
+        """What an operator sees: `aisfusion shell -c COMMAND` on the front's control socket."""
+        done = subprocess.run(
+            [*CLI, "shell", "--socket", self.settings["control.socket"], "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
 
     def worker_status(self, index: int) -> dict[str, Any]:
         return self.get("/status", self.base + 1 + index)  # type: ignore[no-any-return]
@@ -259,6 +271,23 @@ async def test_kill_9_of_a_worker_moves_its_partitions_and_loses_nothing(
     assert status is not None
     assert status["log"]["workers"][0]["restarts"] >= 1
     assert status["log"]["publisher"]["published"] == len(lines)
+    # The shell shows the same (the front looks every second): the restarted worker, and
+    # both owners alive with every partition between them, once.
+    ids = {now[0]["log"]["worker"], now[1]["log"]["worker"]}
+    table: dict[str, list[str]] = {}
+
+    def shell_shows_both() -> bool:
+        shown = front.shell("status")
+        assert f"worker {status['log']['workers'][0]['id']}" in shown
+        table.clear()
+        for line in shown.splitlines():
+            if line.split() and line.split()[0] in ids:
+                table[line.split()[0]] = line.split()
+        return len(table) == 2
+
+    wait_until(shell_shows_both, "the shell to show both workers' shares", timeout=15)
+    assert all(row[1] == "alive" for row in table.values())
+    assert sum(int(row[4]) for row in table.values()) == 64
 
 
 async def test_kill_9_of_everything_then_restart_stores_what_the_log_acknowledged(

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pyais
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pyais.messages import NMEAMessage
 
@@ -554,6 +554,7 @@ WHOLE = {n: _feed_in_chunks(SAMPLE_STREAM, [], n) for n in (100, 1024)}
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(cuts=st.lists(st.integers(0, 10**9), max_size=60), max_line=st.sampled_from([100, 1024]))
+@example(cuts=[33554420], max_line=100)  # a cut inside an over-long line: it keeps its time slot
 def test_chunk_boundaries_do_not_matter(cuts: list[int], max_line: int) -> None:
     assert _feed_in_chunks(SAMPLE_STREAM, cuts, max_line) == WHOLE[max_line]
 
