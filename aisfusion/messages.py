@@ -32,9 +32,14 @@ class RawMessage(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
 
 class RawBatch(msgspec.Struct, frozen=True, gc=False):
-    """Raw messages for one shard, in arrival order."""
+    """Raw messages for one shard, in arrival order.
+
+    `epoch` (worker processes): the ownership epoch of the log partition these came from (the
+    revision of its lease), stored with every position decided from them; 0 without the log.
+    """
 
     messages: list[RawMessage]
+    epoch: int = 0
 
 
 class Position(msgspec.Struct, frozen=True, gc=False):
@@ -52,6 +57,7 @@ class Position(msgspec.Struct, frozen=True, gc=False):
     source: str
     station: str | None
     arrival: float  # when the line was read from the socket, for latency figures
+    epoch: int = 0  # the deciding worker's ownership epoch of the partition (0: no log)
 
 
 class StaticReport(msgspec.Struct, frozen=True, gc=False):

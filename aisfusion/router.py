@@ -28,23 +28,23 @@ class Router:
         self._stage = metrics.stage_seconds.labels("routing")
         self._dropped = metrics.router_dropped
 
-    def __call__(self, messages: list[RawMessage]) -> None:
+    def __call__(self, messages: list[RawMessage], epoch: int = 0) -> None:
         started = time.perf_counter()
         n = len(self._shards)
         if n == 1:
-            self._tell(self._shards[0], messages)
+            self._tell(self._shards[0], messages, epoch)
         else:
             groups: list[list[RawMessage]] = [[] for _ in range(n)]
             for msg in messages:
                 groups[msg.mmsi % n].append(msg)
             for shard, group in zip(self._shards, groups, strict=True):
                 if group:
-                    self._tell(shard, group)
+                    self._tell(shard, group, epoch)
         self._stage.inc(time.perf_counter() - started)
 
-    def _tell(self, shard: pykka.ActorRef[Any], group: list[RawMessage]) -> None:
+    def _tell(self, shard: pykka.ActorRef[Any], group: list[RawMessage], epoch: int) -> None:
         try:
-            shard.tell(RawBatch(group))
+            shard.tell(RawBatch(group, epoch))
         except pykka.ActorDeadError:
             # It crashed and the service is stopping: the other shards still get theirs.
             self._dropped.inc(len(group))

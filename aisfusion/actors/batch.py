@@ -52,6 +52,7 @@ class Batch:
         "actors",
         "corroborated",
         "demoted",
+        "epoch",
         "fallback_weight",
         "fusion",
         "history",
@@ -74,8 +75,10 @@ class Batch:
         demoted: frozenset[str] = frozenset(),
         fallback_weight: Callable[[str], float] | None = None,
         stages: list[float] | None = None,
+        epoch: int = 0,
     ) -> None:
         self.now = now
+        self.epoch = epoch  # stored with each position decided in this batch
         self.actors = actors
         self.fusion = fusion_config
         self.weights: Mapping[str, float] = weights if weights is not None else {}

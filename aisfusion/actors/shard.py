@@ -169,8 +169,8 @@ class ShardActor(EscalatingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case RawBatch(messages=messages):
-                self._ingest(messages)
+            case RawBatch(messages=messages, epoch=epoch):
+                self._ingest(messages, epoch)
                 return None
             case Mark(upto=upto):
                 self._history.tell(Mark(upto, self.index))
@@ -207,7 +207,7 @@ class ShardActor(EscalatingActor):
             w = self._fallback[key] = base_weight(cfg, key) * cfg.initial_quality
         return w
 
-    def _ingest(self, messages: list[Any]) -> None:
+    def _ingest(self, messages: list[Any], epoch: int = 0) -> None:
         started = time.perf_counter()
         now = self._clock()
         stages = [0.0, 0.0, 0.0]
@@ -220,6 +220,7 @@ class ShardActor(EscalatingActor):
             weights.demoted,
             self._fallback_weight,
             stages,
+            epoch,
         )
         vessels = self.vessels
         missing = {msg.mmsi for msg in messages if msg.mmsi not in vessels}

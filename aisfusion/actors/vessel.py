@@ -319,6 +319,7 @@ class Vessel:
             source=msg.source,
             station=msg.station,
             arrival=msg.arrival,
+            epoch=b.epoch,
         )
         obs = _observation(position, key, second, kind)
         seen.obs = obs

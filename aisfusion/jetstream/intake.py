@@ -55,7 +55,7 @@ class LogIntake:
         nats_config: NatsConfig,
         config: WorkersConfig,
         worker_id: str,
-        route: Callable[[list[RawMessage]], None],
+        route: Callable[[list[RawMessage], int], None],  # messages, ownership epoch
         shards: Sequence[pykka.ActorRef[Any]],
         metrics: Metrics,
         card: dict[str, Any] | None = None,
@@ -182,7 +182,7 @@ class LogIntake:
                     self._seq += 1
                     unacked.append((self._seq, msg))
                     if messages:
-                        self._route(messages)
+                        self._route(messages, epoch)
                         routed += len(messages)
                 self.consumed += routed
                 m.log_consumed.inc(routed)

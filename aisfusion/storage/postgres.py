@@ -47,6 +47,7 @@ _POSITION_COLUMNS = (
     "msg_type",
     "source",
     "station",
+    "owner_epoch",
 )
 # Rows go in in key order: two writers inserting the same keys (a batch retried while its first
 # attempt still runs) in different orders would each wait for the other's uncommitted row.
@@ -267,7 +268,7 @@ class PostgresStore:
                         async with conn.transaction():
                             status = await conn.execute(
                                 f"INSERT INTO positions ({', '.join(_POSITION_COLUMNS)})"  # noqa: S608 - constant column names
-                                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                                 " ON CONFLICT DO NOTHING",
                                 *position_record(p),
                             )
@@ -375,6 +376,7 @@ def position_record(p: Position) -> tuple[Any, ...]:
         p.msg_type,
         p.source,
         p.station,
+        p.epoch or None,
     )
 
 

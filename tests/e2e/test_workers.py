@@ -212,6 +212,32 @@ async def stored(pg_url: str) -> list[tuple[int, int]]:
     return [(r["mmsi"], r["t"]) for r in rows]
 
 
+async def owner_epochs(pg_url: str) -> dict[int, list[int]]:
+    """Per vessel, the ownership epoch stored with each of its positions, in time order."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT mmsi, owner_epoch FROM positions ORDER BY mmsi, ts")
+    finally:
+        await conn.close()
+    out: dict[int, list[int]] = {}
+    for r in rows:
+        out.setdefault(r["mmsi"], []).append(r["owner_epoch"])
+    return out
+
+
+async def assert_one_owner_at_a_time(pg_url: str) -> int:
+    """Every position carries the epoch of the lease its worker held, and per vessel the epochs
+    never go down in time order: no two workers decided one vessel at the same time (an old
+    owner deciding on after a new one took over would store a lower epoch after a higher one).
+    Returns how many vessels changed owner (so a caller can show the check was not vacuous)."""
+    moved = 0
+    for mmsi, epochs in (await owner_epochs(pg_url)).items():
+        assert all(e is not None and e > 0 for e in epochs), mmsi
+        assert epochs == sorted(epochs), f"vessel {mmsi}: epochs {epochs}"
+        moved += len(set(epochs)) > 1
+    return moved
+
+
 async def wait_stored(pg_url: str, count: int, limit_s: float = 90.0) -> list[tuple[int, int]]:
     deadline = time.monotonic() + limit_s
     while True:
@@ -238,8 +264,13 @@ async def test_kill_9_of_a_worker_moves_its_partitions_and_loses_nothing(
     assert share  # it owns some
 
     sending = asyncio.create_task(send(front.feed_port, lines, rate=3000))
-    # Mid-stream: the victim has taken messages from the log it has not committed.
-    await asyncio.sleep(0.8)
+    # Mid-stream: the victim has committed some of its share (so its vessels have positions
+    # under its epoch) and taken messages from the log it has not committed.
+    deadline = time.monotonic() + 10
+    while (await asyncio.to_thread(front.worker_status, 0))["log"]["acked"] == 0:
+        assert time.monotonic() < deadline, "the victim committed nothing"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
     kill9(victim["pid"])
     assert len(await stored(own_servers.postgres_url)) < len(expected)  # mid-stream indeed
     await sending
@@ -247,6 +278,7 @@ async def test_kill_9_of_a_worker_moves_its_partitions_and_loses_nothing(
     rows = await wait_stored(own_servers.postgres_url, len(expected))
     assert len(rows) == len(set(rows))
     assert set(rows) == expected  # nothing lost, nothing stored twice under another time
+    assert await assert_one_owner_at_a_time(own_servers.postgres_url) > 0
     # The victim's share is owned again under new leases (by the survivor, or by the
     # restarted worker: it keeps its id, so its rendezvous share, once the old lease
     # expired), and the front restarted the dead process.
@@ -283,11 +315,11 @@ async def test_kill_9_of_a_worker_moves_its_partitions_and_loses_nothing(
         for line in shown.splitlines():
             if line.split() and line.split()[0] in ids:
                 table[line.split()[0]] = line.split()
-        return len(table) == 2
+        # The front looks again every second: a share being taken shows as "(none)" first.
+        return len(table) == 2 and sum(int(row[4]) for row in table.values()) == 64
 
     wait_until(shell_shows_both, "the shell to show both workers' shares", timeout=15)
     assert all(row[1] == "alive" for row in table.values())
-    assert sum(int(row[4]) for row in table.values()) == 64
 
 
 async def test_kill_9_of_everything_then_restart_stores_what_the_log_acknowledged(
@@ -321,6 +353,7 @@ async def test_kill_9_of_everything_then_restart_stores_what_the_log_acknowledge
     rows = await wait_stored(own_servers.postgres_url, len(acknowledged))
     assert len(rows) == len(set(rows))
     assert set(rows) == acknowledged
+    assert await assert_one_owner_at_a_time(own_servers.postgres_url) > 0
 
 
 async def log_contents(url: str) -> set[tuple[int, int]]:
@@ -367,4 +400,5 @@ async def test_nats_restarted_mid_stream_loses_nothing_accepted(
     rows = await wait_stored(own_servers.postgres_url, REPORTS)
     assert len(rows) == len(set(rows))
     assert set(rows) == expected_first | expected_second
+    await assert_one_owner_at_a_time(own_servers.postgres_url)
     wait_until(lambda: front.status()["ready"], "the front to be ready again", timeout=30)

@@ -34,7 +34,7 @@ async def store(servers: Any) -> AsyncIterator[PostgresStore]:
 
 async def test_migrations_apply_once(store: PostgresStore) -> None:
     assert await store.migrate() == []
-    assert [v for v, _, _ in migrations()] == [1, 2]
+    assert [v for v, _, _ in migrations()] == [1, 2, 3]
     versions = await store.pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
     assert [r["version"] for r in versions] == [v for v, _, _ in migrations()]
 
