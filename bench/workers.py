@@ -147,6 +147,31 @@ def installation_pids(service: Service) -> list[int]:
     return [os.getpid(), *descendants(os.getpid())]
 
 
+def process_kind(pid: int) -> str:
+    """What a process of the installation is, for the CPU breakdown."""
+    if pid == os.getpid():
+        return "main"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    name = Path(cmd[0].decode()).name
+    if b"worker" in cmd:
+        return "workers"
+    for kind in ("postgres", "valkey", "nats"):
+        if kind in name:
+            return kind
+    return name
+
+
+def cpu_by_kind(pids: list[int]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pid in pids:
+        kind = process_kind(pid)
+        out[kind] = out.get(kind, 0.0) + cpu_seconds([pid])
+    return out
+
+
 async def send(port: int, payload: bytes) -> None:
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     view = memoryview(payload)
@@ -186,6 +211,7 @@ async def throughput(args: argparse.Namespace) -> None:
         async with installation(mode) as service:
             pids = installation_pids(service)
             cpu0 = cpu_seconds(pids)
+            kinds0 = cpu_by_kind(pids)
             t0 = time.perf_counter()
             await asyncio.gather(*(send(service.feed_port, p) for p in payloads))
             await wait_read(service, len(feed))
@@ -193,6 +219,10 @@ async def throughput(args: argparse.Namespace) -> None:
                 raise RuntimeError(f"{mode}: did not drain")
             elapsed = time.perf_counter() - t0
             cpu = cpu_seconds(installation_pids(service)) - cpu0
+            kinds = cpu_by_kind(installation_pids(service))
+            breakdown = ", ".join(
+                f"{k} {v - kinds0.get(k, 0.0):.1f}" for k, v in sorted(kinds.items())
+            )
             messages = sample(
                 service, "aisfusion_feed_messages_total", {"source": service.config.feed.source}
             )
@@ -213,6 +243,7 @@ async def throughput(args: argparse.Namespace) -> None:
             rate = messages / elapsed
             print(f"{label:12s} {rate:11,.0f}  {stored:9,d}  {elapsed:7.2f}   {cpu:7.2f}")
             print(f"             decided {decided:,.0f}; rejects {rejects}")
+            print(f"             CPU s by process: {breakdown}")
             if stored != decided:
                 print(f"MISMATCH: {decided:,.0f} decided, {stored:,} rows", file=sys.stderr)
 

@@ -156,11 +156,25 @@ class LogIntake:
         m = self._metrics
         batch = self._config.fetch_batch
         me = asyncio.current_task()
+        reconnects = self._nc.stats["reconnects"]
         try:
             while self._tasks.get(part) is me:
                 if not self.leases.valid(part):
                     await asyncio.sleep(0.05)  # renewing, or about to be given up
                     continue
+                if self._nc.stats["reconnects"] != reconnects:
+                    # A fetch reply lost in the outage counts as delivered: without a reset
+                    # it would come again only after ack_wait_s. Again now, from the floor
+                    # (what was processed meanwhile is decided once more: idempotent).
+                    try:
+                        await self._js.reset_consumer(
+                            self._nats.stream, jlog.consumer_name(self._nats, part)
+                        )
+                    except Exception as exc:
+                        logger.debug("log: reset of partition %d: %r", part, exc)
+                        await asyncio.sleep(_FETCH_WAIT_S)
+                        continue
+                    reconnects = self._nc.stats["reconnects"]
                 try:
                     msgs = await sub.fetch(batch, timeout=_FETCH_WAIT_S)
                 except (TimeoutError, NatsTimeoutError):
