@@ -48,7 +48,7 @@ from aisfusion.jetstream.intake import LogIntake
 from aisfusion.jetstream.monitor import LogMonitor
 from aisfusion.jetstream.publisher import Publisher
 from aisfusion.jetstream.workers import WorkerPool, default_count
-from aisfusion.messages import Flush
+from aisfusion.messages import Claim, Flush
 from aisfusion.metrics import Metrics
 from aisfusion.router import Router, shard_of
 from aisfusion.storage.bridge import AsyncBridge
@@ -265,6 +265,7 @@ class Service:
                     router,
                     self.shards,
                     self.metrics,
+                    self._claim,
                     card,
                 )
                 await self.intake.start()
@@ -307,6 +308,18 @@ class Service:
             {"layout": redis_status["layout"], "cluster": str(redis_status["cluster"]).lower()}
         )
 
+    async def _claim(self, part: int) -> None:
+        """A partition was taken (its lease is ours): before it is consumed, tell the shards
+        which of its vessels have a live record, read now, so that what its previous owner
+        decided is rehydrated rather than decided again from scratch."""
+        assert self.redis is not None
+        mmsis = await asyncio.wrap_future(self.bridge.submit(self.redis.live_mmsis()))
+        of, shards = self.config.nats.partitions, len(self.shards)
+        for shard, known in zip(
+            self.shards, known_by_shard([m for m in mmsis if m % of == part], shards), strict=True
+        ):
+            shard.tell(Claim(frozenset(known)))
+
     def _durable(self, upto: int) -> None:
         """Storage → the log intake: messages marked up to `upto` are committed."""
         if self.intake is not None:
@@ -345,7 +358,7 @@ class Service:
         board = WeightBoard()
         self.sources = SourcesActor.start(cfg.sources, m, board=board, escalate=self._escalate)
         # Vessels with a live record: rehydrated from it when they report again (a worker
-        # looks up every new vessel: another worker may have decided it since).
+        # learns them per partition it takes: `_claim`).
         saved = (
             [] if worker else await asyncio.wrap_future(self.bridge.submit(self.redis.live_mmsis()))
         )
@@ -367,7 +380,6 @@ class Service:
                 known=known[i],
                 weights=board,
                 escalate=self._escalate,
-                rehydrate_all=worker,
             )
             for i in range(cfg.actors.shards)
         ]

@@ -243,7 +243,7 @@ class NatsConfig(_Section, frozen=True):
     subject_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = (
         "ais.raw"
     )
-    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     retention: Literal["workqueue", "limits"] = "workqueue"
     max_age_s: PositiveFloat = 86400.0
     max_bytes: Annotated[int, msgspec.Meta(ge=1_048_576)] = 4 * 1024**3

@@ -34,12 +34,14 @@ class RawMessage(msgspec.Struct, frozen=True, array_like=True, gc=False):
 class RawBatch(msgspec.Struct, frozen=True, gc=False):
     """Raw messages for one shard, in arrival order.
 
-    `epoch` (worker processes): the ownership epoch of the log partition these came from (the
-    revision of its lease), stored with every position decided from them; 0 without the log.
+    `epochs` (worker processes): the ownership epoch (the revision of its lease) of each log
+    partition (``mmsi % partitions``) these came from, stored with every position decided from
+    them; None without the log.
     """
 
     messages: list[RawMessage]
-    epoch: int = 0
+    epochs: dict[int, int] | None = None
+    partitions: int = 0
 
 
 class Position(msgspec.Struct, frozen=True, gc=False):
@@ -123,6 +125,14 @@ class Release(msgspec.Struct, frozen=True):
 
     partitions: frozenset[int]
     of: int  # the partition count (partition = MMSI % of)
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """Log intake → shards, before a partition is consumed here: of its vessels, these have a
+    live record in Redis (read after the lease was taken), so each is rehydrated from it when
+    it first reports here; the others are new."""
+
+    known: frozenset[int]
 
 
 class Tick(msgspec.Struct, frozen=True):

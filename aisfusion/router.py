@@ -28,23 +28,27 @@ class Router:
         self._stage = metrics.stage_seconds.labels("routing")
         self._dropped = metrics.router_dropped
 
-    def __call__(self, messages: list[RawMessage], epoch: int = 0) -> None:
+    def __call__(
+        self, messages: list[RawMessage], epochs: dict[int, int] | None = None, of: int = 0
+    ) -> None:
+        """Hand `messages` to their shards; `epochs` (partition -> ownership epoch, of `of`
+        partitions) travels with them when they come from the log."""
         started = time.perf_counter()
         n = len(self._shards)
         if n == 1:
-            self._tell(self._shards[0], messages, epoch)
+            self._tell(self._shards[0], RawBatch(messages, epochs, of))
         else:
             groups: list[list[RawMessage]] = [[] for _ in range(n)]
             for msg in messages:
                 groups[msg.mmsi % n].append(msg)
             for shard, group in zip(self._shards, groups, strict=True):
                 if group:
-                    self._tell(shard, group, epoch)
+                    self._tell(shard, RawBatch(group, epochs, of))
         self._stage.inc(time.perf_counter() - started)
 
-    def _tell(self, shard: pykka.ActorRef[Any], group: list[RawMessage], epoch: int) -> None:
+    def _tell(self, shard: pykka.ActorRef[Any], batch: RawBatch) -> None:
         try:
-            shard.tell(RawBatch(group, epoch))
+            shard.tell(batch)
         except pykka.ActorDeadError:
             # It crashed and the service is stopping: the other shards still get theirs.
-            self._dropped.inc(len(group))
+            self._dropped.inc(len(batch.messages))

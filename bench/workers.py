@@ -380,6 +380,19 @@ async def latency(args: argparse.Namespace) -> None:
                     None, worker_metrics, service
                 )
             label = mode if mode == "in_process" else f"workers={mode}"
+            stages: dict[str, float] = {}
+            for fams in families:
+                fam = fams.get("aisfusion_stage_seconds")
+                for smp in fam.samples if fam else []:
+                    if smp.name.endswith("_total"):
+                        stage = smp.labels["stage"]
+                        stages[stage] = stages.get(stage, 0.0) + smp.value
+            print(
+                f"{label}: stage seconds "
+                + ", ".join(
+                    f"{k} {v:.2f}" for k, v in sorted(stages.items(), key=lambda kv: -kv[1])
+                )
+            )
             for store in ("redis", "postgres"):
                 p50, n = bucket_quantile(families, store, 0.5)
                 p99, _ = bucket_quantile(families, store, 0.99)

@@ -52,13 +52,14 @@ class Batch:
         "actors",
         "corroborated",
         "demoted",
-        "epoch",
+        "epochs",
         "fallback_weight",
         "fusion",
         "history",
         "live",
         "now",
         "overlap",
+        "partitions",
         "rejects",
         "stages",
         "statics",
@@ -75,10 +76,13 @@ class Batch:
         demoted: frozenset[str] = frozenset(),
         fallback_weight: Callable[[str], float] | None = None,
         stages: list[float] | None = None,
-        epoch: int = 0,
+        epochs: dict[int, int] | None = None,
+        partitions: int = 0,
     ) -> None:
         self.now = now
-        self.epoch = epoch  # stored with each position decided in this batch
+        # Log partition -> ownership epoch, stored with each position decided (worker only).
+        self.epochs = epochs
+        self.partitions = partitions
         self.actors = actors
         self.fusion = fusion_config
         self.weights: Mapping[str, float] = weights if weights is not None else {}
@@ -92,6 +96,10 @@ class Batch:
         self.rejects: Counter[str] = Counter()
         self.tallies: dict[str, Tally] = {}
         self.overlap: Counter[tuple[str, str]] = Counter()
+
+    def epoch(self, mmsi: int) -> int:
+        """The ownership epoch under which `mmsi` is decided (0 without the log)."""
+        return self.epochs.get(mmsi % self.partitions, 0) if self.epochs else 0
 
     def tally(self, key: str) -> Tally:
         t = self.tallies.get(key)

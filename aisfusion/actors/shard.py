@@ -19,9 +19,10 @@ Static data (name, ship type, ...) of a vessel created without it in memory is r
 PostgreSQL without holding up ingest (`actors.static_loader`).
 
 In a worker process (workers.mode = "jetstream") vessels move between processes with their
-log partitions: every new vessel is looked up in Redis (`rehydrate_all`), a `Release` drops the
-vessels of partitions given away, and a `Mark` travels behind the batches it covers to the
-batcher, which tells storage how far the log may be acknowledged.
+log partitions: a `Claim` names the vessels of a partition taken over that have a live record
+(looked up in Redis when they first report here, as at start), a `Release` drops the vessels of
+partitions given away, and a `Mark` travels behind the batches it covers to the batcher, which
+tells storage how far the log may be acknowledged.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from aisfusion.actors.static_loader import StaticLoaded, StaticLoader
 from aisfusion.actors.vessel import Vessel
 from aisfusion.config import ActorsConfig, FusionConfig, SourcesConfig
 from aisfusion.messages import (
+    Claim,
     Decisions,
     Mark,
     Position,
@@ -128,7 +130,6 @@ class ShardActor(EscalatingActor):
         known: set[int] | None = None,
         weights: WeightBoard | None = None,
         escalate: Callable[[str], None] | None = None,
-        rehydrate_all: bool = False,
     ) -> None:
         super().__init__(f"shard-{index}", escalate)
         self.index = index
@@ -153,7 +154,6 @@ class ShardActor(EscalatingActor):
         # MMSIs that have a live record to rehydrate from.
         self._known: set[int] = known if known is not None else set()
         # In a worker another process may have decided any vessel: look every new one up.
-        self._rehydrate_all = rehydrate_all
         self._board = weights
         self._weights = SourceWeights(0, {})
         self._fallback: dict[str, float] = {}
@@ -169,11 +169,14 @@ class ShardActor(EscalatingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case RawBatch(messages=messages, epoch=epoch):
-                self._ingest(messages, epoch)
+            case RawBatch(messages=messages, epochs=epochs, partitions=partitions):
+                self._ingest(messages, epochs, partitions)
                 return None
             case Mark(upto=upto):
                 self._history.tell(Mark(upto, self.index))
+                return None
+            case Claim(known=known):
+                self._known |= known
                 return None
             case Release(partitions=partitions, of=of):
                 return self._release(partitions, of)
@@ -207,7 +210,9 @@ class ShardActor(EscalatingActor):
             w = self._fallback[key] = base_weight(cfg, key) * cfg.initial_quality
         return w
 
-    def _ingest(self, messages: list[Any], epoch: int = 0) -> None:
+    def _ingest(
+        self, messages: list[Any], epochs: dict[int, int] | None = None, partitions: int = 0
+    ) -> None:
         started = time.perf_counter()
         now = self._clock()
         stages = [0.0, 0.0, 0.0]
@@ -220,7 +225,8 @@ class ShardActor(EscalatingActor):
             weights.demoted,
             self._fallback_weight,
             stages,
-            epoch,
+            epochs,
+            partitions,
         )
         vessels = self.vessels
         missing = {msg.mmsi for msg in messages if msg.mmsi not in vessels}
@@ -276,7 +282,7 @@ class ShardActor(EscalatingActor):
             if parked is not None:
                 saved[mmsi] = parked
                 hits += 1
-            elif self._rehydrate_all or mmsi in self._known:
+            elif mmsi in self._known:
                 lookup.append(mmsi)
             else:
                 misses += 1  # never saved: a new vessel

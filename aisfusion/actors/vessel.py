@@ -319,7 +319,7 @@ class Vessel:
             source=msg.source,
             station=msg.station,
             arrival=msg.arrival,
-            epoch=b.epoch,
+            epoch=b.epoch(self.mmsi),
         )
         obs = _observation(position, key, second, kind)
         seen.obs = obs

@@ -25,7 +25,7 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -55,9 +55,11 @@ class LogIntake:
         nats_config: NatsConfig,
         config: WorkersConfig,
         worker_id: str,
-        route: Callable[[list[RawMessage], int], None],  # messages, ownership epoch
+        # (messages, partition -> ownership epoch, number of partitions)
+        route: Callable[[list[RawMessage], dict[int, int], int], None],
         shards: Sequence[pykka.ActorRef[Any]],
         metrics: Metrics,
+        claim: Callable[[int], Awaitable[None]],
         card: dict[str, Any] | None = None,
     ) -> None:
         self._nc = nc
@@ -67,6 +69,7 @@ class LogIntake:
         self._route = route
         self._shards = list(shards)
         self._metrics = metrics
+        self._claim = claim
         self.leases = Leases(
             connect,
             nats_config,
@@ -82,6 +85,12 @@ class LogIntake:
         # Per partition: (number, message) delivered and not yet acknowledged, oldest first.
         self._unacked: dict[int, deque[tuple[int, Msg]]] = {}
         self._seq = 0
+        self._routed = 0  # the last number told to the shards in a Mark
+        # Fetched and not yet routed: what every partition fetched in one turn of the loop
+        # goes to the router together (see `_route_fetched`).
+        self._fetched: list[RawMessage] = []
+        self._epochs: dict[int, int] = {}
+        self._route_soon: asyncio.Handle | None = None
         self._durable = 0
         self.consumed = 0
         self.acked = 0
@@ -123,6 +132,7 @@ class LogIntake:
         # Whatever the previous owner was given and did not acknowledge: again, now.
         await js.reset_consumer(cfg.stream, name)
         sub = await js.pull_subscribe_bind(durable=name, stream=cfg.stream)
+        await self._claim(part)  # the shards learn its vessels before any of its messages
         self._unacked[part] = deque()
         assert self._loop is not None
         self._tasks[part] = self._loop.create_task(self._consume(part, epoch, sub))
@@ -176,7 +186,7 @@ class LogIntake:
                         continue
                     reconnects = self._nc.stats["reconnects"]
                 try:
-                    msgs = await sub.fetch(batch, timeout=_FETCH_WAIT_S)
+                    msgs = await self._fetch(sub, batch)
                 except (TimeoutError, NatsTimeoutError):
                     continue
                 except Exception as exc:  # NATS away or restarting: the lease decides
@@ -186,26 +196,66 @@ class LogIntake:
                 if not self.leases.valid(part):
                     continue  # lapsed while we waited: the next owner gets these again
                 unacked = self._unacked[part]
-                routed = 0
+                # One partition, one epoch: the whole fetch goes to the router at once, so a
+                # shard gets one batch of it rather than one per (small) log message.
+                fetched: list[RawMessage] = []
                 for msg in msgs:
                     try:
-                        messages = jlog.decode(msg.data)
+                        fetched += jlog.decode(msg.data)
                     except (msgspec.DecodeError, msgspec.ValidationError):
                         m.log_undecodable.inc()
-                        messages = []
                     self._seq += 1
                     unacked.append((self._seq, msg))
-                    if messages:
-                        self._route(messages, epoch)
-                        routed += len(messages)
-                self.consumed += routed
-                m.log_consumed.inc(routed)
-                mark = Mark(self._seq)
-                for shard in self._shards:
-                    shard.tell(mark)
+                self._fetched += fetched
+                self._epochs[part] = epoch
+                if self._route_soon is None:
+                    assert self._loop is not None
+                    self._route_soon = self._loop.call_soon(self._route_fetched)
+                self.consumed += len(fetched)
+                m.log_consumed.inc(len(fetched))
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    def _route_fetched(self) -> None:
+        """Route what the partitions fetched since the last call as one batch, then mark it.
+
+        A quiet partition's fetch brings a handful of messages; routed one fetch at a time,
+        a shard would get a batch of one or two messages per partition per fetch, and a
+        shard's cost is per batch (measured: the backlog grew at 10,000 lines/s with one
+        worker). Together they make batches as large as the in-process feed's.
+        """
+        self._route_soon = None
+        fetched, epochs = self._fetched, self._epochs
+        self._fetched, self._epochs = [], {}
+        gone = {p for p in epochs if p not in self._tasks or not self.leases.valid(p)}
+        if gone:  # given up since it was fetched: the next owner gets these again
+            n = self._nats.partitions
+            fetched = [msg for msg in fetched if msg.mmsi % n not in gone]
+        if fetched:
+            self._route(fetched, epochs, self._nats.partitions)
+        if self._seq != self._routed:
+            self._routed = self._seq
+            mark = Mark(self._seq)
+            for shard in self._shards:
+                shard.tell(mark)
+
+    @staticmethod
+    async def _fetch(sub: Any, batch: int) -> list[Msg]:
+        """Wait for the next message, then take at once as many more as are there.
+
+        nats-py's `fetch(n)` keeps waiting, once a message came, until n came or the timeout
+        passed: with a quiet partition every message would wait up to the timeout (measured:
+        p50 250 ms socket → Redis at 10,000 lines/s). So one message is waited for (the long
+        poll), and more are asked for only as many as its metadata says are pending: the
+        server has them, so that fetch returns as soon as they are delivered.
+        """
+        msgs: list[Msg] = await sub.fetch(1, timeout=_FETCH_WAIT_S)
+        more = min(batch - 1, msgs[0].metadata.num_pending or 0)
+        if more > 0:
+            with contextlib.suppress(TimeoutError, NatsTimeoutError):
+                msgs += await sub.fetch(more, timeout=_FETCH_WAIT_S)
+        return msgs
 
     # -- acknowledging -------------------------------------------------------------------
 

@@ -82,13 +82,17 @@ async def connect(config: NatsConfig, url: str, name: str) -> Nats:
         # One line, not nats-py's traceback per reconnect attempt during an outage.
         logger.warning("nats %s: %s: %s", name, type(exc).__name__, exc)
 
+    client: list[Nats] = []
+
     async def disconnected() -> None:
+        if client and (client[0].is_closed or client[0].is_draining):
+            return  # our own close or drain
         logger.warning("nats %s: disconnected; reconnecting", name)
 
     async def reconnected() -> None:
         logger.info("nats %s: reconnected", name)
 
-    return await nats.connect(
+    nc = await nats.connect(
         servers=url.split(","),
         name=name,
         connect_timeout=config.connect_timeout_s,
@@ -99,6 +103,8 @@ async def connect(config: NatsConfig, url: str, name: str) -> Nats:
         disconnected_cb=disconnected,
         reconnected_cb=reconnected,
     )
+    client.append(nc)
+    return nc
 
 
 async def ensure_stream(js: JetStreamContext, config: NatsConfig) -> api.StreamInfo:

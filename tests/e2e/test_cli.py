@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from aisfusion.config import NatsConfig
 from aisfusion.jetstream.workers import default_count
 from aisfusion.storage.embedded import discard_moved_data
 from tests.dbs import fresh_database, unique_name
@@ -127,12 +128,12 @@ def test_demo_prints_a_summary_read_back_from_the_stores(tmp_path: Path) -> None
     }
     assert all(v > 0 for v in numbers.values()), out
     assert numbers["live vessels in Valkey"] == numbers["vessels tracked"]
-    # It ran with worker processes (one per core) that shared the 64 partitions of the log
+    # It ran with worker processes (one per core) that shared the partitions of the log
     # and each consumed some of the traffic.
     table = out.split("\nworkers (", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
     rows = [line.split() for line in table]
     assert len(rows) == default_count(), out
-    assert sum(int(r[2]) for r in rows) == 64, out
+    assert sum(int(r[2]) for r in rows) == NatsConfig().partitions, out
     assert all(int(r[3]) > 0 for r in rows), out
 
 

@@ -30,12 +30,14 @@ import nats
 import pytest
 from pyais.encode import encode_dict
 
+from aisfusion.config import NatsConfig
 from aisfusion.jetstream import log as jlog
 from aisfusion.nmea_out import tag_block
 from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
 from tests.waiting import wait_until
 
 CLI = [sys.executable, "-m", "aisfusion.cli"]
+PARTITIONS = NatsConfig().partitions
 VESSELS = 400
 REPORTS = 6000
 
@@ -316,7 +318,7 @@ async def test_kill_9_of_a_worker_moves_its_partitions_and_loses_nothing(
             if line.split() and line.split()[0] in ids:
                 table[line.split()[0]] = line.split()
         # The front looks again every second: a share being taken shows as "(none)" first.
-        return len(table) == 2 and sum(int(row[4]) for row in table.values()) == 64
+        return len(table) == 2 and sum(int(row[4]) for row in table.values()) == PARTITIONS
 
     wait_until(shell_shows_both, "the shell to show both workers' shares", timeout=15)
     assert all(row[1] == "alive" for row in table.values())

@@ -112,3 +112,4 @@ async def test_a_frozen_holder_stops_owning_before_anyone_takes_over(nats_url: s
     assert all(b.leases.epochs[p] > epochs_a[p] for p in range(PARTITIONS))
     assert not any(a.leases.valid(p) for p in range(PARTITIONS))
     await b.leases.stop()
+    await a.leases.stop()  # its thread and connection (giving back what it lost changes nothing)
