@@ -333,9 +333,12 @@ def total(families: list[dict[str, Any]], name: str, **labels: str) -> float:
     return out
 
 
-def bucket_quantile(families: list[dict[str, Any]], store: str, q: float) -> tuple[float, int]:
-    """The upper bound of the bucket holding quantile `q` of the workers' latency histograms
-    (summed), and the count."""
+def bucket_quantile(
+    families: list[dict[str, Any]], store: str, q: float
+) -> tuple[float, float, int]:
+    """Quantile `q` of the workers' latency histograms (summed): the estimate interpolated
+    within its bucket as Prometheus' histogram_quantile does, the bucket's upper bound, and
+    the count."""
     buckets: dict[float, float] = {}
     for fams in families:
         fam = fams.get("aisfusion_end_to_end_latency_seconds")
@@ -346,10 +349,15 @@ def bucket_quantile(families: list[dict[str, Any]], store: str, q: float) -> tup
                 le = float(s.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + s.value
     total = buckets.get(float("inf"), 0.0)
+    below, lower = 0.0, 0.0
     for le in sorted(buckets):
         if buckets[le] >= q * total:
-            return le, int(total)
-    return float("inf"), int(total)
+            inside = buckets[le] - below
+            share = (q * total - below) / inside if inside else 1.0
+            estimate = lower + (le - lower) * share if le != float("inf") else lower
+            return estimate, le, int(total)
+        below, lower = buckets[le], le
+    return float("inf"), float("inf"), int(total)
 
 
 async def latency(args: argparse.Namespace) -> None:
@@ -394,11 +402,12 @@ async def latency(args: argparse.Namespace) -> None:
                 )
             )
             for store in ("redis", "postgres"):
-                p50, n = bucket_quantile(families, store, 0.5)
-                p99, _ = bucket_quantile(families, store, 0.99)
+                p50, b50, n = bucket_quantile(families, store, 0.5)
+                p99, b99, _ = bucket_quantile(families, store, 0.99)
                 print(
                     f"{label:11s} {achieved:8,.0f} lines/s  -> {store:8s} "
-                    f"p50 <= {p50 * 1e3:5.0f} ms  p99 <= {p99 * 1e3:5.0f} ms  ({n:,} positions)"
+                    f"p50 ~{p50 * 1e3:5.1f} ms (<= {b50 * 1e3:g})  "
+                    f"p99 ~{p99 * 1e3:5.1f} ms (<= {b99 * 1e3:g})  ({n:,} positions)"
                 )
 
 
@@ -412,7 +421,7 @@ if __name__ == "__main__":
     f.add_argument("--rate", type=float, default=5000)
     f.add_argument("--seconds", type=float, default=20)
     lat = sub.add_parser("latency")
-    lat.add_argument("--modes", default="in_process,2")
+    lat.add_argument("--modes", default="in_process,1,2")
     lat.add_argument("--rate", type=float, default=10_000)
     lat.add_argument("--seconds", type=float, default=20)
     for p in (t, f, lat):
