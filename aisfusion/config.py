@@ -262,8 +262,8 @@ class WorkersConfig(_Section, frozen=True):
 
     mode: Literal["jetstream", "in_process"] = "jetstream"
     count: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0  # 0: one per CPU core
-    lease_ttl_s: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 3.0
-    renew_interval_s: Annotated[float, msgspec.Meta(gt=0, le=100)] = 0.75
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 2.0
+    renew_interval_s: Annotated[float, msgspec.Meta(gt=0, le=100)] = 0.5
     fetch_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
     max_ack_pending: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 2048
     ack_wait_s: PositiveFloat = 60.0

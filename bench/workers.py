@@ -93,7 +93,7 @@ async def installation(mode: str, **sections: dict[str, Any]) -> AsyncIterator[S
             raw[section].update(values)
         config = msgspec.convert(raw, Config)
         args = [
-            "--set", "log.level=WARNING",
+            "--set", f"log.level={os.environ.get('BENCH_WORKER_LOG', 'WARNING')}",
             "--set", f"actors.shards={SHARDS}",
             "--set", "actors.max_lateness_s=1e10",
         ]  # fmt: skip
@@ -107,7 +107,13 @@ async def installation(mode: str, **sections: dict[str, Any]) -> AsyncIterator[S
                 await owned(service, workers)
             yield service
         finally:
-            await service.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(service.stop()), 90)
+            except TimeoutError:
+                print("STOP HUNG; tasks:", file=sys.stderr)
+                for task in asyncio.all_tasks():
+                    task.print_stack(file=sys.stderr)
+                raise
             for log in sorted(Path(tmp).glob("worker-*.log")):
                 if os.environ.get("BENCH_KEEP_LOGS"):
                     shutil.copy(log, Path(os.environ["BENCH_KEEP_LOGS"]) / log.name)
@@ -254,12 +260,10 @@ async def failover(args: argparse.Namespace) -> None:
     total = int(args.rate * args.seconds)
     feed = two_receivers(total, args.vessels, args.seed, back_s=1800)
     async with installation("2") as service:
-        snap = service.log_monitor.snapshot() if service.log_monitor else {}
-        victim = snap["workers_alive"][0]
-        lost = [p["partition"] for p in snap["partitions"] if p["owner"] == victim["id"]]
         nc = await nats.connect(service.embedded.nats_url if service.embedded else "")
         js = nc.jetstream()
         cfg = service.config.nats
+        leases = await js.key_value(jlog.leases_bucket(cfg))
         writers = [(await asyncio.open_connection("127.0.0.1", service.feed_port))[1] for _ in "ab"]
 
         async def pace() -> None:
@@ -276,24 +280,34 @@ async def failover(args: argparse.Namespace) -> None:
 
         sender = asyncio.create_task(pace())
         await asyncio.sleep(args.seconds / 3)
+        # Who holds what now (the lease revisions), and each consumer's ack floor.
+        assert service.log_monitor is not None
+        await service.log_monitor.observe()
+        snap = service.log_monitor.snapshot()
+        victim = snap["workers_alive"][0]
+        lost = [p["partition"] for p in snap["partitions"] if p["owner"] == victim["id"]]
         floors = {}
         for p in lost:
             info = await js.consumer_info(cfg.stream, jlog.consumer_name(cfg, p))
             floors[p] = info.ack_floor.stream_seq if info.ack_floor else 0
+        revisions = {p: (await leases.get(f"p{p}")).revision for p in lost}
         killed = time.perf_counter()
         os.kill(victim["pid"], signal.SIGKILL)
-        leases = await js.key_value(jlog.leases_bucket(cfg))
         owned_at: float | None = None
         resumed: dict[int, float] = {}
         while len(resumed) < len(lost) and time.perf_counter() - killed < 60:
             if owned_at is None:
-                owners = []
+                # Owned again: a new lease (a new revision made by `create`, by the survivor
+                # or by the restarted worker, which keeps its id), not a renewal by the dead.
+                taken = []
                 for p in lost:
                     try:
-                        owners.append((await leases.get(f"p{p}")).value.decode())
+                        entry = await leases.get(f"p{p}")
                     except Exception:
-                        owners.append("")
-                if all(o and o != victim["id"] for o in owners):
+                        taken.append(False)
+                        continue
+                    taken.append(entry.revision > revisions[p])
+                if all(taken):
                     owned_at = time.perf_counter() - killed
             for p in lost:
                 if p in resumed:

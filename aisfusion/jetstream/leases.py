@@ -176,7 +176,7 @@ class Leases:
         )
 
     async def _run(self) -> None:
-        while True:
+        while not jlog.stopping():
             try:
                 await self._round()
             except asyncio.CancelledError:
@@ -284,11 +284,8 @@ class Leases:
 
     async def _leave(self) -> None:
         assert self._stopped is not None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await jlog.cancel(self._task)
+        self._task = None
         for part in list(self.held):
             try:
                 await self._hand_over(part)

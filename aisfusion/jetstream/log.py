@@ -8,6 +8,7 @@ order; the `Nats-Msg-Id` header makes a publish that is retried after a lost ack
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import msgspec
@@ -42,6 +43,30 @@ def leases_bucket(config: NatsConfig) -> str:
 
 def members_bucket(config: NatsConfig) -> str:
     return f"{config.stream}_workers"
+
+
+async def cancel(task: asyncio.Task[None] | None, timeout_s: float = 5.0) -> None:
+    """Cancel `task` and wait for its end, at most `timeout_s`.
+
+    nats-py can turn a cancellation that lands inside a request into a timeout error, which a
+    loop that survives errors then swallows: it would never end, and a stop awaiting it would
+    hang (seen: the front's stop waited for ever on the log monitor). So the loops here also
+    stop on `Task.cancelling()`, and the wait is bounded.
+    """
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.wait({task}, timeout=timeout_s)
+    if not task.done():
+        logger.warning(
+            "log: task %s did not end in %.0f s; left behind", task.get_name(), timeout_s
+        )
+
+
+def stopping() -> bool:
+    """Whether the current task was asked to stop (see `cancel`)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def encode(messages: list[RawMessage]) -> bytes:

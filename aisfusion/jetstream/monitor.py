@@ -5,7 +5,6 @@ its owner (from the lease bucket) and lag (from its consumer), for /status, the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -40,14 +39,11 @@ class LogMonitor:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await jlog.cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not jlog.stopping():
             self._pool.poll()
             try:
                 await self.observe()

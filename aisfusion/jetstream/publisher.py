@@ -13,7 +13,6 @@ by a crash of this process is what it held here: the loss window ends at the pub
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -115,7 +114,7 @@ class Publisher:
 
     async def _send_loop(self) -> None:
         limit = self._config.max_pending_publishes
-        while True:
+        while not jlog.stopping():
             await self._wake.wait()
             self._wake.clear()
             while self._queue and self._inflight < limit:
@@ -166,10 +165,7 @@ class Publisher:
         """Flush (up to the deadline), then stop; returns the messages left unpublished."""
         await self.flush(deadline_s)
         for task in [self._task, *self._pending]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await jlog.cancel(task)
         self._task = None
         return self._buffered
 
