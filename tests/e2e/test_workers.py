@@ -355,7 +355,9 @@ async def test_kill_9_of_everything_then_restart_stores_what_the_log_acknowledge
     rows = await wait_stored(own_servers.postgres_url, len(acknowledged))
     assert len(rows) == len(set(rows))
     assert set(rows) == acknowledged
-    assert await assert_one_owner_at_a_time(own_servers.postgres_url) > 0
+    # (Whether any vessel changed hands depends on timing: the workers may have committed
+    # everything the log had acknowledged before the kill.)
+    await assert_one_owner_at_a_time(own_servers.postgres_url)
 
 
 async def log_contents(url: str) -> set[tuple[int, int]]:
