@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 _FETCH_WAIT_S = 0.5
 _RELEASE_TIMEOUT_S = 30.0
+_HAND_OVER_DRAIN_S = 30.0
 
 
 class LogIntake:
@@ -137,7 +139,19 @@ class LogIntake:
         assert self._loop is not None
         self._tasks[part] = self._loop.create_task(self._consume(part, epoch, sub))
 
-    async def _released(self, part: int) -> None:
+    async def _released(self, part: int, handed_over: bool) -> None:
+        if handed_over:
+            # A rebalance: what was taken from the partition is committed and acknowledged
+            # before the lease goes (the lease is renewed meanwhile), so the next owner does
+            # not decide it again from the live record, where a second receiver's copy of a
+            # transmission would look new. Bounded: past it, the next owner gets the rest.
+            if self._route_soon is not None:
+                self._route_soon.cancel()
+                self._route_fetched()  # what it fetched goes the normal way, marked
+            await self._halt(part, forget=False)
+            deadline = time.monotonic() + _HAND_OVER_DRAIN_S
+            while self._unacked.get(part) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         await self._halt(part)
         # The shards forget the partition's vessels (asked off the loop: they may be busy).
         release = Release(frozenset({part}), self._nats.partitions)
@@ -228,10 +242,16 @@ class LogIntake:
         self._route_soon = None
         fetched, epochs = self._fetched, self._epochs
         self._fetched, self._epochs = [], {}
-        gone = {p for p in epochs if p not in self._tasks or not self.leases.valid(p)}
+        gone = {p for p in epochs if p not in self._tasks}
         if gone:  # given up since it was fetched: the next owner gets these again
             n = self._nats.partitions
             fetched = [msg for msg in fetched if msg.mmsi % n not in gone]
+            for part in gone:
+                # Not routed, so never to be acknowledged here (the coming mark covers
+                # their numbers): out of the partition's unacknowledged list, if it has one.
+                unacked = self._unacked.get(part)
+                while unacked and unacked[-1][0] > self._routed:
+                    unacked.pop()
         if fetched:
             self._route(fetched, epochs, self._nats.partitions)
         if self._seq != self._routed:

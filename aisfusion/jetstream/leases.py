@@ -10,7 +10,9 @@ it only grows, so two owners of one partition never share one.
 Which worker should own which partition: every worker heartbeats into ``<stream>_workers``
 (same expiry; the value is its pid and metrics endpoint) and ranks the live workers per
 partition by rendezvous hashing; the winner takes it, the others leave it alone, and a holder
-that is no longer the winner (a new worker joined) hands it over. A worker that dies stops
+that is no longer the winner (a new worker joined) hands it over: it stops consuming the
+partition, lets what it took be committed and acknowledged while it keeps renewing the lease,
+and only then deletes it, so the next owner starts where this one ended. A worker that dies stops
 renewing: its leases and heartbeat expire within the TTL and the survivors take its partitions.
 A holder that cannot renew in time (NATS unreachable, the process paused) stops processing the
 partition once its lease may have expired (`valid`), before anyone else can have taken it.
@@ -47,7 +49,7 @@ from aisfusion.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 Acquired = Callable[[int, int], Awaitable[None]]  # (partition, epoch)
-Released = Callable[[int], Awaitable[None]]
+Released = Callable[[int, bool], Awaitable[None]]  # (partition, handed over: drain it first)
 Connect = Callable[[], Awaitable[Nats]]
 
 
@@ -127,6 +129,7 @@ class Leases:
         self.workers: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self.moves = 0
+        self._handing: dict[int, asyncio.Task[None]] = {}  # hand-overs draining
         self._home: asyncio.AbstractEventLoop | None = None  # where the callbacks run
         self._loop: asyncio.AbstractEventLoop | None = None  # the keeper thread's
         self._thread: threading.Thread | None = None
@@ -208,6 +211,8 @@ class Leases:
         )
         for (part, _), result in zip(held, results, strict=True):
             if isinstance(result, int):
+                if part not in self.held:
+                    continue  # handed over meanwhile
                 self.held[part] = result
                 self._renewed[part] = started
             elif isinstance(result, KeyWrongLastSequenceError):
@@ -221,7 +226,9 @@ class Leases:
         for part in range(self._nats.partitions):
             winner = rendezvous(part, self.workers)
             if part in self.held and winner != self.worker_id and winner is not None:
-                await self._hand_over(part)
+                if part not in self._handing:
+                    assert self._loop is not None
+                    self._handing[part] = self._loop.create_task(self._hand_over(part))
             elif part not in self.held and winner == self.worker_id:
                 await self._try_take(part)
 
@@ -246,20 +253,29 @@ class Leases:
             await self._hand_over(part)
 
     async def _hand_over(self, part: int) -> None:
+        """Give `part` away: drained first (its lease still renewed by the rounds, as it
+        stays in `held`), then released and the lease deleted."""
         assert self._leases is not None
-        revision = self.held[part]
-        await self._give_up(part, "released")
+        try:
+            await self._home_call(self._released(part, True))
+        finally:
+            self._handing.pop(part, None)
+        revision = self.held.get(part)
+        if revision is None:
+            return  # lost while draining (given up there)
+        await self._give_up(part, "released", notify=False)
         with contextlib.suppress(KeyWrongLastSequenceError):  # it had been taken already
             await self._leases.delete(f"p{part}", last=revision)
 
-    async def _give_up(self, part: int, change: str) -> None:
+    async def _give_up(self, part: int, change: str, *, notify: bool = True) -> None:
         self.held.pop(part, None)
         self.epochs.pop(part, None)
         self._renewed.pop(part, None)
         self.moves += 1
         self._metrics.partition_moves.labels(change).inc()
         self._metrics.partitions_owned.set(len(self.held))
-        await self._home_call(self._released(part))
+        if notify:
+            await self._home_call(self._released(part, False))
 
     async def _drop_invalid(self) -> None:
         lapsed = [p for p in self.held if not self.valid(p)]
@@ -286,6 +302,9 @@ class Leases:
         assert self._stopped is not None
         await jlog.cancel(self._task)
         self._task = None
+        for task in list(self._handing.values()):
+            with contextlib.suppress(Exception):
+                await task
         for part in list(self.held):
             try:
                 await self._hand_over(part)

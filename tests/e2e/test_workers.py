@@ -406,3 +406,63 @@ async def test_nats_restarted_mid_stream_loses_nothing_accepted(
     assert set(rows) == expected_first | expected_second
     await assert_one_owner_at_a_time(own_servers.postgres_url)
     wait_until(lambda: front.status()["ready"], "the front to be ready again", timeout=30)
+
+
+def start_worker(front: Front, worker_id: str, port: int, spool: Path, sink: Any) -> Any:
+    """`aisfusion worker` as on another machine: the front's servers, its own ports."""
+    settings = ("postgres.url", "redis.url", "nats.url", "batcher.flush_interval_s",
+                "workers.lease_ttl_s", "workers.renew_interval_s")  # fmt: skip
+    return subprocess.Popen(
+        [
+            *CLI, "worker", "--id", worker_id,
+            *(arg for key in settings for arg in ("--set", f"{key}={front.settings[key]}")),
+            "--set", f"metrics.port={port}", "--set", "metrics.host=127.0.0.1",
+            "--set", "control.socket=", "--set", f"spool.dir={spool}",
+        ],
+        cwd=front.tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=sink,
+    )  # fmt: skip
+
+
+async def test_a_worker_joining_mid_stream_gets_its_share_without_duplicates(
+    tmp_path: Path, own_servers: EmbeddedServers, fronts: list[Front]
+) -> None:
+    """A second machine's `aisfusion worker` joins while two receivers stream: the first
+    worker hands the newcomer its share after committing what it took, so the newcomer does
+    not decide those messages again from the live record, where the second receiver's copy of
+    a transmission (another station, a second later) would look new and be stored as a row."""
+    stack = contextlib.ExitStack()
+    front = Front(tmp_path, own_servers, workers=1)
+    fronts.append(front)
+    front.start()
+    lines, expected = reports(time.time())
+    heard_twice = []
+    for line in lines:
+        heard_twice.append(line)
+        station, t = "rx2", int(line.split("c:", 1)[1].split("*", 1)[0]) + 1
+        heard_twice.append(tag_block(line.split("\\", 2)[2], station=station, t=t))
+    sending = asyncio.create_task(send(front.feed_port, heard_twice, rate=4000))
+    await asyncio.sleep(0.8)  # mid-stream
+    port = free_ports(1)
+    sink = stack.enter_context((tmp_path / "machine-b.log").open("w"))
+    worker = start_worker(front, "machine-b", port, tmp_path / "spool-b", sink)
+    try:
+        await sending
+        rows = await wait_stored(own_servers.postgres_url, len(expected))
+        await asyncio.sleep(1.0)  # a second copy stored late would show up now
+        rows = await stored(own_servers.postgres_url)
+        assert len(rows) == len(set(rows))
+        assert set(rows) == expected  # every transmission once: no second copy stored
+        assert await assert_one_owner_at_a_time(own_servers.postgres_url) > 0
+        joined = front.get("/status", port)
+        assert joined["log"]["partitions"]  # it got a share
+        assert front.worker_status(0)["log"]["moves"] > PARTITIONS  # and the first gave it up
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        stack.close()

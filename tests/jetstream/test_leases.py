@@ -53,7 +53,7 @@ class Holder:
             check(part)  # type: ignore[operator]
         self.acquired[part] = time.monotonic()
 
-    async def _released(self, part: int) -> None:
+    async def _released(self, part: int, handed_over: bool) -> None:
         self.released.append(part)
 
 
