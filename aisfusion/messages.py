@@ -60,6 +60,9 @@ class Position(msgspec.Struct, frozen=True, gc=False):
     station: str | None
     arrival: float  # when the line was read from the socket, for latency figures
     epoch: int = 0  # the deciding worker's ownership epoch of the partition (0: no log)
+    # CRC-32 of the payload it was decided from (0: unknown), kept in the live record: the
+    # next owner of the vessel tells a second receiver's copy of it from a new report.
+    payload_crc: int = 0
 
 
 class StaticReport(msgspec.Struct, frozen=True, gc=False):

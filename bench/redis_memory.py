@@ -61,6 +61,7 @@ def fleet(n: int, seed: int) -> list[Position]:
                 source=rng.choice(SOURCES),
                 station=rng.choice(STATIONS),
                 arrival=now,
+                payload_crc=rng.getrandbits(32),
             )
         )
     return out

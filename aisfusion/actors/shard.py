@@ -105,6 +105,7 @@ def position_from_record(mmsi: int, record: dict[str, str]) -> Position | None:
             source=record["src"],
             station=record.get("stn"),
             arrival=ts,
+            payload_crc=int(record.get("crc", 0)),
         )
     except (KeyError, ValueError):
         return None

@@ -28,6 +28,7 @@ the shard tallies for the source-quality actor.
 from __future__ import annotations
 
 import math
+import zlib
 from time import perf_counter
 from typing import Any, TypeVar
 
@@ -106,6 +107,7 @@ class Vessel:
     __slots__ = (
         "emitted",
         "first_seen",
+        "heard",
         "interval_s",
         "last",
         "last_seen",
@@ -131,6 +133,8 @@ class Vessel:
         # tuples for recent and emitted.
         self.window_size = window_size
         self.recent: tuple[_Seen, ...] = ()
+        # A restored decision's transmission, known by its payload's CRC only (restore).
+        self.heard: tuple[int, _Seen] | None = None
         self.live: Observation | None = None
         self.last: Position | None = None  # the live decision
         # Whether a second source has vouched for the track the live decision continues.
@@ -162,6 +166,12 @@ class Vessel:
         self.newest_ts = max(self.newest_ts, position.ts)
         self.first_seen = min(self.first_seen, position.ts)
         self.last_seen = max(self.last_seen, position.ts)
+        # The dedup window died with the previous owner; the live record keeps the decided
+        # payload's CRC, so another receiver's copy of that transmission is still a witness
+        # and not a new report (a second row, a second later).
+        if position.payload_crc:
+            seen = _Seen(b"", position.ts, position.arrival, key, position.source, self.live)
+            self.heard = (position.payload_crc, seen)
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -197,6 +207,17 @@ class Vessel:
                     and abs(ts - seen.ts) < _MINUTE - window
                 )
             ):
+                b.rejects["duplicate"] += 1
+                self._witness(seen, msg, key, ts, b)
+                return
+        heard = self.heard
+        if heard is not None:
+            crc, seen = heard
+            if ts - seen.ts > window:
+                self.heard = None  # no copy of it can come any more
+            elif key != seen.key and abs(ts - seen.ts) <= window and zlib.crc32(payload) == crc:
+                # Its own receiver's copy goes on: redelivered, it may not be in history yet
+                # (the live record can be written before the history row is committed).
                 b.rejects["duplicate"] += 1
                 self._witness(seen, msg, key, ts, b)
                 return
@@ -320,6 +341,7 @@ class Vessel:
             station=msg.station,
             arrival=msg.arrival,
             epoch=b.epoch(self.mmsi),
+            payload_crc=zlib.crc32(msg.payload),
         )
         obs = _observation(position, key, second, kind)
         seen.obs = obs

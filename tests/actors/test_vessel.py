@@ -4,6 +4,7 @@ plausibility gate and its quarantine, scored decisions, static data confirmation
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -406,6 +407,29 @@ def test_a_restored_decision_gates_and_never_moves_back() -> None:
     assert feed(v, raw(pos(north(55.0, 30_000), 10.0), NOW + 10, source="s2")).live == []
     [p] = feed(v, raw(pos(55.0, 10.0015), NOW + 10)).live
     assert v.last is p
+
+
+def test_a_restored_decision_knows_another_receivers_copy_of_its_transmission() -> None:
+    """The dedup window dies with the vessel's previous owner (a worker killed); the payload
+    CRC kept with the decision stops a second receiver's copy of it, a second later, from
+    becoming a second row."""
+    first = raw(pos(55.0, 10.0), NOW)
+    [p] = feed(Vessel(MMSI, 16), first).live
+    assert p.payload_crc == zlib.crc32(first.payload)
+    copy = heard(first, "s2", dt=1.0)
+    v = Vessel(MMSI, 16)
+    v.restore(p)
+    b = feed(v, copy)
+    assert b.history == [] and b.rejects["duplicate"] == 1
+    assert v.vouched and "s2" in (v.live.support if v.live else ())  # it witnessed
+    # Its own receiver's copy goes on to history (redelivered: it may not be stored yet).
+    assert [h.ts for h in feed(v, first).history] == [p.ts]
+    # Without the CRC (a record written before it was kept) the copy is a new report.
+    old = Vessel(MMSI, 16)
+    old.restore(msgspec.structs.replace(p, payload_crc=0))
+    assert [h.ts for h in feed(old, copy).history] == [NOW + 1]
+    # Past the dedup window the same payload is a new transmission (a vessel at rest).
+    assert [h.ts for h in feed(v, heard(first, "s2", dt=60.0)).history] == [NOW + 60]
 
 
 # -- static and voyage data ---------------------------------------------------------------

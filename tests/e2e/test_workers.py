@@ -249,6 +249,23 @@ async def wait_stored(pg_url: str, count: int, limit_s: float = 90.0) -> list[tu
         await asyncio.sleep(0.2)
 
 
+def second_receiver(lines: list[str]) -> list[str]:
+    """What a second receiver hears of `lines`: each again, station rx2, a second later."""
+    return [
+        tag_block(line.split("\\", 2)[2], station="rx2", t=int(line.split("c:")[1][:10]) + 1)
+        for line in lines
+    ]
+
+
+async def send_both(port: int, lines: list[str], rate: float, lag_s: float = 0.1) -> None:
+    """`lines` and the second receiver's copies over two connections, the copies `lag_s`
+    behind: the two copies of a transmission come in different batches."""
+    first = asyncio.create_task(send(port, lines, rate))
+    await asyncio.sleep(lag_s)
+    await send(port, second_receiver(lines), rate)
+    await first
+
+
 def kill9(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
@@ -260,12 +277,15 @@ async def test_kill_9_of_a_worker_moves_its_partitions_and_loses_nothing(
     front = Front(tmp_path, own_servers, workers=2)
     fronts.append(front)
     front.start()
+    # Two receivers hear every transmission: the dedup window in the victim's memory is lost,
+    # and the survivor must still tell the second copy of the victim's last decisions from a
+    # new position (by the payload checksum in the live record).
     lines, expected = reports(time.time())
     victim = front.worker_status(0)
     share = set(victim["log"]["partitions"])
     assert share  # it owns some
 
-    sending = asyncio.create_task(send(front.feed_port, lines, rate=3000))
+    sending = asyncio.create_task(send_both(front.feed_port, lines, rate=2000))
     # Mid-stream: the victim has committed some of its share (so its vessels have positions
     # under its epoch) and taken messages from the log it has not committed.
     deadline = time.monotonic() + 10
@@ -304,7 +324,7 @@ async def test_kill_9_of_a_worker_moves_its_partitions_and_loses_nothing(
     status = front.status()
     assert status is not None
     assert status["log"]["workers"][0]["restarts"] >= 1
-    assert status["log"]["publisher"]["published"] == len(lines)
+    assert status["log"]["publisher"]["published"] == 2 * len(lines)
     # The shell shows the same (the front looks every second): the restarted worker, and
     # both owners alive with every partition between them, once.
     ids = {now[0]["log"]["worker"], now[1]["log"]["worker"]}
@@ -437,12 +457,7 @@ async def test_a_worker_joining_mid_stream_gets_its_share_without_duplicates(
     fronts.append(front)
     front.start()
     lines, expected = reports(time.time())
-    heard_twice = []
-    for line in lines:
-        heard_twice.append(line)
-        station, t = "rx2", int(line.split("c:", 1)[1].split("*", 1)[0]) + 1
-        heard_twice.append(tag_block(line.split("\\", 2)[2], station=station, t=t))
-    sending = asyncio.create_task(send(front.feed_port, heard_twice, rate=4000))
+    sending = asyncio.create_task(send_both(front.feed_port, lines, rate=2000))
     await asyncio.sleep(0.8)  # mid-stream
     port = free_ports(1)
     sink = stack.enter_context((tmp_path / "machine-b.log").open("w"))

@@ -92,8 +92,9 @@ async def test_live_record_geo_and_activity(store: RedisStore) -> None:
 async def test_both_layouts_read_back_the_same_fields(any_layout: RedisStore) -> None:
     store = any_layout
     full = Position(
-        219000001, T0 + 0.000001, 55.049375, -11.475535, 16.8, 232.1, 232, 0, 1, "tcp", "rx-3", T0
-    )
+        219000001, T0 + 0.000001, 55.049375, -11.475535, 16.8, 232.1, 232, 0, 1, "tcp", "rx-3", T0,
+        payload_crc=4_000_000_000,
+    )  # fmt: skip
     await store.write_live([full, position(2, -33.9, 151.2)])
     assert await store.live(219000001) == {
         "lat": "55.049375",
@@ -106,6 +107,7 @@ async def test_both_layouts_read_back_the_same_fields(any_layout: RedisStore) ->
         "nav": "0",
         "stn": "rx-3",
         "typ": "1",
+        "crc": "4000000000",
     }
     assert await store.live_records([2, 3]) == {2: await store.live(2)}
     assert await store.live(3) == {}
@@ -303,6 +305,7 @@ positions = st.builds(
     source=st.text(max_size=20),
     station=st.none() | st.text(max_size=20),
     arrival=finite,
+    payload_crc=st.integers(0, 2**32 - 1),
 )
 
 
@@ -318,7 +321,8 @@ def test_both_record_encodings_keep_what_the_service_reads(p: Position) -> None:
         assert (float(record["cog"]) if "cog" in record else None) == p.cog
         assert (int(record["hdg"]) if "hdg" in record else None) == p.heading
         assert (int(record["nav"]) if "nav" in record else None) == p.nav_status
-    assert len(pack(p)) <= 45 + len(p.source.encode()) + len((p.station or "").encode())
+        assert int(record.get("crc", 0)) == p.payload_crc
+    assert len(pack(p)) <= 50 + len(p.source.encode()) + len((p.station or "").encode())
 
 
 def test_a_foreign_blob_is_no_record() -> None:
