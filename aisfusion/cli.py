@@ -115,7 +115,7 @@ def _receivers(args: argparse.Namespace) -> list[Any] | None:
     """`simulate`'s receiver flags as simulated receivers (None: one plain station)."""
     if not args.receivers and not args.fault:
         return None
-    from aisfusion.receivers import receivers
+    from aisfusion.traffic.receivers import receivers
 
     return receivers(
         args.receivers,
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "shell":
-            from aisfusion.shell import run_shell
+            from aisfusion.ops.shell import run_shell
 
             socket_path = args.socket
             if socket_path is None:
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             logs.configure(config.log.level)
             return uvloop.run(_run(config, "worker", worker_id=args.id))
         if args.command == "demo":
-            from aisfusion.demo import run_demo
+            from aisfusion.traffic.demo import run_demo
 
             config = _load(args)
             logs.configure("WARNING")
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0 if summary["positions_stored"] > 0 else 1
         logs.configure("INFO")
-        from aisfusion import replay as rp
+        from aisfusion.traffic import replay as rp
 
         def progress(sent: int) -> None:
             print(f"sent {sent} lines", file=sys.stderr, flush=True)

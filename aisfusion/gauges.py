@@ -20,8 +20,8 @@ from aisfusion.supervisors.breaker import BreakerState
 from aisfusion.supervisors.storage import WRITERS
 from aisfusion.supervisors.supervisor import Slot, mailbox_depth
 
-if TYPE_CHECKING:
-    from aisfusion.app import Service
+if TYPE_CHECKING:  # the pipeline calls in with itself
+    from aisfusion.pipeline import Pipeline
 
 REDIS_MEMORY_EVERY_S = 5.0
 
@@ -53,7 +53,7 @@ class RedisMemory:
             return used, limit
 
 
-def watch(service: Service, live: Slot) -> None:
+def watch(service: Pipeline, live: Slot) -> None:
     """Attach the scrape-time callbacks to `service`'s metrics (after its actors started)."""
     m = service.metrics
     assert service.storage is not None

@@ -19,9 +19,9 @@ import msgspec
 
 from aisfusion.app import Service
 from aisfusion.config import Config
-from aisfusion.nmea_out import tag_block
-from aisfusion.simulator import Fleet
 from aisfusion.storage.embedded import discard_moved_data
+from aisfusion.traffic.nmea_out import tag_block
+from aisfusion.traffic.simulator import Fleet
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ from aisfusion.config import FeedConfig
 from aisfusion.feeds.decoder import FeedDecoder
 from aisfusion.feeds.stream import FeedSource, FeedStream
 from aisfusion.metrics import Metrics
-from aisfusion.simulator import Fleet, generate_lines
+from aisfusion.traffic.simulator import Fleet, generate_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ais"

@@ -1,12 +1,13 @@
 """Fusion accuracy against ground truth, through the real service on embedded servers.
 
-A simulated fleet is heard by several simulated receivers (`aisfusion.receivers`): honest ones
-with their own loss, delay, duplicates, clock skew and (for one, an aggregator) position noise,
-a satellite-like one with minutes of delay, and one misbehaving receiver (`--modes`: offset
-positions, a wrong clock, or spoofed jumps). The feed is cut into segments of `--every`
-simulated seconds; each segment is sent over TCP (in arrival order, at full speed) to a service
-started in this process, drained, and then every vessel's live record in Redis is compared with
-where the vessel truly is at the end of the segment. On the same feed, the bench computes:
+A simulated fleet is heard by several simulated receivers (`aisfusion.traffic.receivers`):
+honest ones with their own loss, delay, duplicates, clock skew and (for one, an aggregator)
+position noise, a satellite-like one with minutes of delay, and one misbehaving receiver
+(`--modes`: offset positions, a wrong clock, or spoofed jumps). The feed is cut into segments of
+`--every` simulated seconds; each segment is sent over TCP (in arrival order, at full speed) to
+a service started in this process, drained, and then every vessel's live record in Redis is
+compared with where the vessel truly is at the end of the segment. On the same feed, the bench
+computes:
 
 - "latest message wins": the position of the last message to arrive for each vessel;
 - "newest timestamp wins": the position with the newest tag-block time (the rule aisfusion had
@@ -36,8 +37,8 @@ import uvloop
 from benchservice import embedded_service, wait_read
 
 from aisfusion.actors.fusion import distance_m
-from aisfusion.receivers import Delivery, Fault, Network, Receiver
-from aisfusion.simulator import Fleet
+from aisfusion.traffic.receivers import Delivery, Fault, Network, Receiver
+from aisfusion.traffic.simulator import Fleet
 
 
 def bench_receivers(mode: str) -> list[Receiver]:

@@ -35,9 +35,9 @@ from benchservice import sample
 from aisfusion import logs
 from aisfusion.app import Service
 from aisfusion.config import Config
-from aisfusion.receivers import receivers
-from aisfusion.replay import simulate
 from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
+from aisfusion.traffic.receivers import receivers
+from aisfusion.traffic.replay import simulate
 
 SCHEDULE = [
     (10, "stop", ("postgres",)),

@@ -29,7 +29,7 @@ from pyais.encode import encode_dict
 
 from aisfusion.app import Service
 from aisfusion.config import Config
-from aisfusion.nmea_out import tag_block
+from aisfusion.traffic.nmea_out import tag_block
 from tests import promtool
 from tests.dbs import fresh_database, unique_name
 

@@ -12,8 +12,8 @@ import pyais
 import pytest
 
 from aisfusion.actors.fusion import distance_m
-from aisfusion.receivers import Delivery, Network, Receiver, receivers
-from aisfusion.simulator import Fleet
+from aisfusion.traffic.receivers import Delivery, Network, Receiver, receivers
+from aisfusion.traffic.simulator import Fleet
 
 START = 1_700_000_000.0
 

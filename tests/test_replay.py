@@ -14,8 +14,8 @@ import pyais
 import pytest
 
 from aisfusion import cli
-from aisfusion.receivers import receivers
-from aisfusion.replay import read_file_lines, send_lines, simulate
+from aisfusion.traffic.receivers import receivers
+from aisfusion.traffic.replay import read_file_lines, send_lines, simulate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ais"
 

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pyais.encode import encode_dict
 
-from aisfusion.nmea_out import encode, tag_block
-from aisfusion.simulator import (
+from aisfusion.traffic.nmea_out import encode, tag_block
+from aisfusion.traffic.simulator import (
     CONTROL_PERIOD_S,
     Fleet,
     SimReport,

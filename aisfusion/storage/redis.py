@@ -43,13 +43,14 @@ from aisfusion.storage.geocells import GEO_LAT_LIMIT
 from aisfusion.storage.redis_layout import LAYOUTS, Layout, layout
 from aisfusion.storage.resp import Arg, Command
 
-__all__ = ["GEO_LAT_LIMIT", "RedisStore", "cluster_url"]
+__all__ = ["GEO_LAT_LIMIT", "NEAR_MAX_KM", "RedisStore", "cluster_url"]
 
 log = logging.getLogger(__name__)
 
 _CLUSTER_SCHEMES = {"redis+cluster://": "redis://", "rediss+cluster://": "rediss://"}
 _EVICT_CHUNK = 1000
 _UNKNOWN = "?"  # a vessel whose geo cell this process has not seen yet
+NEAR_MAX_KM = 500.0  # the widest `near`: a dense 50 km GEOSEARCH already blocks Redis for ms
 
 
 def _wrap(exc: RedisError, what: str) -> Exception:

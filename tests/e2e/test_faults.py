@@ -23,9 +23,9 @@ from pyais.encode import encode_dict
 
 from aisfusion.app import Service
 from aisfusion.config import Config
-from aisfusion.nmea_out import tag_block
 from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
 from aisfusion.storage.postgres import PostgresStore
+from aisfusion.traffic.nmea_out import tag_block
 from tests.faults import StallingProxy
 
 VESSELS = 40

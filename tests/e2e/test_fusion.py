@@ -21,8 +21,8 @@ import pytest
 from aisfusion.actors.fusion import distance_m
 from aisfusion.app import Service
 from aisfusion.config import Config
-from aisfusion.receivers import Network, Receiver
-from aisfusion.simulator import Fleet
+from aisfusion.traffic.receivers import Network, Receiver
+from aisfusion.traffic.simulator import Fleet
 from tests.dbs import fresh_database, unique_name
 
 SOURCE = "sim"

@@ -35,8 +35,8 @@ from pyais.encode import encode_dict
 
 from aisfusion.app import Service
 from aisfusion.config import Config
-from aisfusion.control import ControlServer
 from aisfusion.errors import AisFusionError
+from aisfusion.ops.control import ControlServer
 from tests.dbs import fresh_database, unique_name
 from tests.e2e.test_cli import start_service
 from tests.waiting import wait_until

@@ -32,8 +32,8 @@ from pyais.encode import encode_dict
 
 from aisfusion.config import NatsConfig
 from aisfusion.jetstream import log as jlog
-from aisfusion.nmea_out import tag_block
 from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
+from aisfusion.traffic.nmea_out import tag_block
 from tests.waiting import wait_until
 
 CLI = [sys.executable, "-m", "aisfusion.cli"]

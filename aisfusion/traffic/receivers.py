@@ -1,6 +1,6 @@
 """Simulated receivers watching one simulated fleet: the input of fusion, with ground truth.
 
-Every transmission of a :class:`~aisfusion.simulator.Fleet` is heard (or lost) by each
+Every transmission of a :class:`~aisfusion.traffic.simulator.Fleet` is heard (or lost) by each
 :class:`Receiver` independently. A receiver stamps what it hears with its own clock in an NMEA
 4.10 tag block (``s:`` its name, ``c:`` its receive time), may add position noise (it re-encodes
 the payload, as aggregators and some satellite feeds do), delivers after its own delay, and
@@ -28,8 +28,8 @@ from typing import IO, Final, Literal
 
 import msgspec
 
-from aisfusion.nmea_out import Fields, encode, tag_block
-from aisfusion.simulator import EARTH_RADIUS_M, Fleet, SimReport
+from aisfusion.traffic.nmea_out import Fields, encode, tag_block
+from aisfusion.traffic.simulator import EARTH_RADIUS_M, Fleet, SimReport
 
 Fault = Literal["offset", "clock", "jumps"]
 FAULTS: Final = ("offset", "clock", "jumps")

@@ -18,9 +18,9 @@ from itertools import islice
 from os import PathLike
 from typing import IO, Final, Protocol
 
-from aisfusion.nmea_out import tag_block
-from aisfusion.receivers import Network, Receiver
-from aisfusion.simulator import Fleet
+from aisfusion.traffic.nmea_out import tag_block
+from aisfusion.traffic.receivers import Network, Receiver
+from aisfusion.traffic.simulator import Fleet
 
 logger = logging.getLogger(__name__)
 
@@ -300,9 +300,9 @@ async def simulate(
     logged), and the stream may run up to that second past ``duration_s`` to send the rest.
 
     With `receivers`, every transmission is heard by each simulated receiver (loss, noise,
-    delay, duplicates, clock skew, faults: `aisfusion.receivers`); with `truth` (a path or an
-    open text file), the true position of every transmitted position report is written there
-    as CSV (t, mmsi, lat, lon, sog, cog).
+    delay, duplicates, clock skew, faults: `aisfusion.traffic.receivers`); with `truth` (a path
+    or an open text file), the true position of every transmitted position report is written
+    there as CSV (t, mmsi, lat, lon, sog, cog).
     """
     _check_rate(rate)
     with contextlib.ExitStack() as stack:

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aisfusion.commands import MMSI_MAX, NEAR_MAX_KM, integer, number, parse_time
+from aisfusion.ops.commands import MMSI_MAX, integer, number, parse_time
+from aisfusion.storage.redis import NEAR_MAX_KM
 
 if TYPE_CHECKING:
-    from aisfusion.app import Service
+    from aisfusion.ops.view import ServiceView
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +182,13 @@ def _mmsi(text: str) -> int:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], service: Service) -> None:
+    def __init__(self, address: tuple[str, int], service: ServiceView) -> None:
         super().__init__(address, _Handler)
         self.service = service
 
 
 class MetricsServer:
-    def __init__(self, host: str, port: int, service: Service) -> None:
+    def __init__(self, host: str, port: int, service: ServiceView) -> None:
         self._server = _Server((host, port), service)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True

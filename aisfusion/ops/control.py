@@ -12,8 +12,8 @@ Protocol: one JSON object per line each way::
     ← {"ok": true, "command": "dlq", "data": {...}}
     ← {"ok": false, "command": "dlq", "error": "usage: dlq [stats|peek [N] [parked]|..."}
 
-What each command does is `aisfusion.commands`; the reply carries data, not text: the shell
-renders it (`aisfusion.shell_render`), and `status` is exactly what ``/status`` serves on the
+What each command does is `aisfusion.ops.commands`; the reply carries data, not text: the shell
+renders it (`aisfusion.ops.shell_render`), and `status` is exactly what ``/status`` serves on the
 metrics port.
 """
 
@@ -31,11 +31,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aisfusion.commands import Commands, encode
 from aisfusion.errors import AisFusionError
+from aisfusion.ops.commands import Commands, encode
 
 if TYPE_CHECKING:
-    from aisfusion.app import Service
+    from aisfusion.ops.view import ServiceView
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _answers(path: Path) -> bool:
 class ControlServer:
     """Serves `Commands` on a unix socket from its own threads."""
 
-    def __init__(self, path: str | Path, service: Service) -> None:
+    def __init__(self, path: str | Path, service: ServiceView) -> None:
         self.path = Path(path)
         self._commands = Commands(service)
         self._server: _Server | None = None

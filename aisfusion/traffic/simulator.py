@@ -3,7 +3,7 @@
 Time is simulated: :meth:`Fleet.step` advances the fleet and returns the reports that fell due,
 each stamped with its simulated UNIX time and the true position it encodes, so fusion quality can
 be measured against truth (see DESIGN.md, "Fusion"). Nothing here sleeps or touches the network;
-:mod:`aisfusion.replay` maps simulated time to the wall clock.
+:mod:`aisfusion.traffic.replay` maps simulated time to the wall clock.
 
 Motion model: every vessel keeps a constant speed and steers, at a bounded rate of turn, towards
 a random waypoint inside the bounding box; control is updated on a fixed grid of simulated time
@@ -11,9 +11,10 @@ and the track between grid points is a closed-form arc. The truth therefore depe
 seed, never on how callers slice time into steps.
 
 Each :class:`SimReport` keeps the field dictionary it was encoded from, so later stages can
-perturb fields and re-encode with :func:`aisfusion.nmea_out.encode`: :mod:`aisfusion.receivers`
-has several receivers hear the fleet, each with its own loss, noise, delay, duplicates, clock
-skew, and one misbehaving on purpose, with the truth kept beside every delivery.
+perturb fields and re-encode with :func:`aisfusion.traffic.nmea_out.encode`:
+:mod:`aisfusion.traffic.receivers` has several receivers hear the fleet, each with its own
+loss, noise, delay, duplicates, clock skew, and one misbehaving on purpose, with the truth kept
+beside every delivery.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from aisfusion.nmea_out import Fields, encode, tag_block
+from aisfusion.traffic.nmea_out import Fields, encode, tag_block
 
 logger = logging.getLogger(__name__)
 

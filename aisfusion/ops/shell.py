@@ -6,7 +6,7 @@
     aisfusion shell -c "dlq peek 5"       one command, then exit (0 ok, 1 error): for scripts
     aisfusion shell -c status --json      the reply's data as JSON (`status` = GET /status)
 
-The service sends data (`aisfusion.control`); `aisfusion.shell_render` turns it into text.
+The service sends data (`aisfusion.ops.control`); `aisfusion.ops.shell_render` turns it into text.
 History is kept in ``~/.aisfusion_history`` (``--history`` or ``$AISFUSION_SHELL_HISTORY`` to
 change it).
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-from aisfusion.shell_render import render
+from aisfusion.ops.shell_render import render
 
 PROMPT = "aisfusion> "
 TIMEOUT_S = 60.0

@@ -1,8 +1,8 @@
 """The control commands: what `aisfusion shell` can ask of the running service, their usage
 and help, argument parsing, and the handler that turns one request into one reply.
 
-Served by `aisfusion.control` over its socket; `near` and `track` share their argument rules
-with the HTTP read API (`aisfusion.httpd`). A reply carries data, not text (the shell renders
+Served by `aisfusion.ops.control` over its socket; `near` and `track` share their argument rules
+with the HTTP read API (`aisfusion.ops.http`). A reply carries data, not text (the shell renders
 it); `status` is exactly what ``/status`` serves.
 """
 
@@ -19,17 +19,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pykka
 
-from aisfusion.actors.sources import SourceTable
 from aisfusion.errors import AisFusionError
+from aisfusion.storage.redis import NEAR_MAX_KM
 
 if TYPE_CHECKING:
-    from aisfusion.app import Service
+    from aisfusion.ops.view import ServiceView
 
 log = logging.getLogger(__name__)
 
 ASK_TIMEOUT_S = 5.0
 MMSI_MAX = 999_999_999
-NEAR_MAX_KM = 500.0  # a dense 50 km GEOSEARCH already blocks Redis for milliseconds
 
 
 class UsageError(ValueError):
@@ -156,9 +155,9 @@ def parse_time(text: str | None) -> float:
 
 
 class Commands:
-    """What each command does, against a running `Service` (blocking: call off the feed loop)."""
+    """What each command does, against a running service (blocking: call off the feed loop)."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: ServiceView) -> None:
         self.service = service
         self._handlers: dict[str, Callable[[list[str]], Any]] = {
             "status": self.status,
@@ -281,11 +280,10 @@ class Commands:
         actor = service.vessel(mmsi, timeout=ASK_TIMEOUT_S)
         live: dict[str, str] | None = None
         live_error = None
-        if service.redis is not None:
-            try:
-                live = service.bridge.run(service.redis.live(mmsi), ASK_TIMEOUT_S) or None
-            except Exception as exc:  # the actor's view is still worth showing
-                live_error = repr(exc)
+        try:
+            live = service.live_record(mmsi, ASK_TIMEOUT_S)
+        except Exception as exc:  # the actor's view is still worth showing
+            live_error = repr(exc)
         return {
             "mmsi": mmsi,
             "hosted": actor is not None,
@@ -297,10 +295,7 @@ class Commands:
     def sources(self, args: list[str]) -> Any:
         if args:
             raise UsageError("sources takes no arguments")
-        ref = self.service.sources
-        if ref is None:
-            raise RuntimeError("service not running")
-        return ref.ask(SourceTable(), timeout=ASK_TIMEOUT_S)
+        return self.service.source_table()
 
     def near(self, args: list[str]) -> Any:
         if len(args) not in (3, 4):

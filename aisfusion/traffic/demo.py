@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aisfusion.app import Service
 from aisfusion.config import Config
-from aisfusion.receivers import receivers
-from aisfusion.replay import simulate
+from aisfusion.traffic.receivers import receivers
+from aisfusion.traffic.replay import simulate
 
 
 def _sample(service: Service, name: str, labels: dict[str, str] | None = None) -> float:
