@@ -53,7 +53,8 @@ from aisfusion.storage.bridge import AsyncBridge
 from aisfusion.storage.dlq import DeadLetterQueue
 from aisfusion.storage.embedded import EmbeddedServers
 from aisfusion.storage.postgres import PostgresStore
-from aisfusion.storage.redis import NEAR_MAX_KM, RedisStore
+from aisfusion.storage.reads import StoreReads
+from aisfusion.storage.redis import RedisStore
 from aisfusion.storage.retention import Maintenance
 from aisfusion.storage.spool import Spool
 from aisfusion.supervisors.breaker import BreakerState, CircuitBreaker
@@ -75,18 +76,6 @@ log = logging.getLogger(__name__)
 
 STATUS_TIMEOUT_S = 3.0
 Role = Literal["direct", "front", "worker"]
-_FLOAT_FIELDS = frozenset({"lat", "lon", "sog", "cog", "ts"})
-
-
-def _typed(record: dict[str, str]) -> dict[str, Any]:
-    """A live record's fields with the numeric ones as floats (a malformed one stays text)."""
-    typed: dict[str, Any] = {}
-    for key, value in record.items():
-        try:
-            typed[key] = float(value) if key in _FLOAT_FIELDS else value
-        except ValueError:
-            typed[key] = value
-    return typed
 
 
 class Surfaces(Protocol):
@@ -130,6 +119,7 @@ class Pipeline:
         self.postgres: PostgresStore | None = None
         self.redis: RedisStore | None = None
         self.live: RedisStore | None = None
+        self._reads: StoreReads | None = None
         self.shards: list[pykka.ActorRef[Any]] = []
         self.sources: pykka.ActorRef[Any] | None = None
         self.batcher: pykka.ActorRef[Any] | None = None
@@ -316,6 +306,7 @@ class Pipeline:
         self.live_bridge.start()
         self.live = self._redis_store(redis_url)
         await asyncio.wrap_future(self.live_bridge.submit(self.live.connect()))
+        self._reads = StoreReads(self.bridge, self.redis, self.postgres)
         redis_status = self.redis.status()
         self.metrics.redis_layout.info(
             {"layout": redis_status["layout"], "cluster": str(redis_status["cluster"]).lower()}
@@ -486,6 +477,7 @@ class Pipeline:
                 if store is not None and bridge.running:
                     await asyncio.wrap_future(bridge.submit(store.close()))
             self.live = self.redis = self.postgres = None
+            self._reads = None
             self.live_bridge.stop()
             self.bridge.stop()
             if self.spool is not None:
@@ -578,11 +570,12 @@ class Pipeline:
             raise RuntimeError("service not running")
         return cast(list[dict[str, Any]], self.sources.ask(SourceTable(), timeout=5.0))
 
-    def live_record(self, mmsi: int, timeout: float = 5.0) -> dict[str, str] | None:
-        """One vessel's live record as Redis holds it (blocking: off the feed loop)."""
-        if self.redis is None:
+    @property
+    def reads(self) -> StoreReads:
+        """The read API over the stores (live records, static data, tracks)."""
+        if self._reads is None:
             raise RuntimeError("service not running")
-        return self.bridge.run(self.redis.live(mmsi), timeout) or None
+        return self._reads
 
     @property
     def restartable(self) -> tuple[str, ...]:
@@ -604,42 +597,6 @@ class Pipeline:
         self.storage.ask(RestartChild(name), timeout=self.config.breaker.call_timeout_s + 20)
         tree = cast(dict[str, Any], self.storage.ask(SupervisionTree(), timeout=5))
         return cast(dict[str, Any], next(c for c in tree["children"] if c["name"] == name))
-
-    def near(self, lat: float, lon: float, km: float, limit: int = 20) -> list[dict[str, Any]]:
-        """Live vessels within `km` of (lat, lon), nearest first (blocking: off the feed loop)."""
-        if self.redis is None:
-            raise RuntimeError("service not running")
-        if not 0 < km <= NEAR_MAX_KM:
-            raise ValueError(f"radius must be within 0..{NEAR_MAX_KM:g} km, got {km:g}")
-        hits = self.bridge.run(self.redis.near(lat, lon, km, limit), 5.0)
-        return [
-            {"mmsi": mmsi, "distance_km": round(dist, 3), **_typed(record)}
-            for mmsi, dist, record in hits
-        ]
-
-    def vessel_info(self, mmsi: int, *, include_deleted: bool = False) -> dict[str, Any] | None:
-        """One vessel's live record (Redis) and static data (PostgreSQL); None when neither
-        has it. A soft-deleted vessel's static data only with `include_deleted` (blocking:
-        off the feed loop)."""
-        if self.redis is None or self.postgres is None:
-            raise RuntimeError("service not running")
-        record = self.bridge.run(self.redis.live(mmsi), 5.0)
-        static = self.bridge.run(
-            self.postgres.vessel(mmsi, include_deleted=include_deleted), STATUS_TIMEOUT_S
-        )
-        if not record and static is None:
-            return None
-        return {"mmsi": mmsi, "live": _typed(record) if record else None, "static": static}
-
-    def track(
-        self, mmsi: int, start: float, end: float, limit: int = 10_000
-    ) -> list[dict[str, Any]]:
-        """A vessel's stored positions with start <= ts < end, oldest first (blocking)."""
-        if self.postgres is None:
-            raise RuntimeError("service not running")
-        if not start < end:
-            raise ValueError(f"the track's start must be before its end ({start:g}, {end:g})")
-        return self.bridge.run(self.postgres.track(mmsi, start, end, limit), 30.0)
 
     def dlq(self, action: str, **options: Any) -> Any:
         """Operate the dead-letter queue (blocking: call off the feed loop)."""

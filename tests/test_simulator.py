@@ -14,13 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pyais.encode import encode_dict
 
+from aisfusion.traffic.motion import CONTROL_PERIOD_S
 from aisfusion.traffic.nmea_out import encode, tag_block
-from aisfusion.traffic.simulator import (
-    CONTROL_PERIOD_S,
-    Fleet,
-    SimReport,
-    generate_lines,
-)
+from aisfusion.traffic.simulator import Fleet, SimReport, generate_lines
 
 BBOX = (54.0, 3.0, 58.0, 12.0)
 

@@ -281,7 +281,7 @@ class Commands:
         live: dict[str, str] | None = None
         live_error = None
         try:
-            live = service.live_record(mmsi, ASK_TIMEOUT_S)
+            live = service.reads.live_record(mmsi, ASK_TIMEOUT_S)
         except Exception as exc:  # the actor's view is still worth showing
             live_error = repr(exc)
         return {
@@ -308,7 +308,7 @@ class Commands:
             "lat": lat,
             "lon": lon,
             "km": km,
-            "vessels": self.service.near(lat, lon, km, limit),
+            "vessels": self.service.reads.near(lat, lon, km, limit),
         }
 
     def track(self, args: list[str]) -> Any:
@@ -324,7 +324,7 @@ class Commands:
             "mmsi": mmsi,
             "from": start,
             "to": end,
-            "positions": self.service.track(mmsi, start, end, limit),
+            "positions": self.service.reads.track(mmsi, start, end, limit),
         }
 
     def restart(self, args: list[str]) -> Any:

@@ -116,11 +116,11 @@ class _Handler(BaseHTTPRequestHandler):
                         "lat": lat,
                         "lon": lon,
                         "km": km,
-                        "vessels": service.near(lat, lon, km, limit),
+                        "vessels": service.reads.near(lat, lon, km, limit),
                     }
                 case ["vessels", mmsi]:
                     deleted = query.get("deleted") in ("1", "true")
-                    body = service.vessel_info(_mmsi(mmsi), include_deleted=deleted)
+                    body = service.reads.vessel_info(_mmsi(mmsi), include_deleted=deleted)
                     if body is None:
                         self._json(404, {"error": f"vessel {mmsi} is not known"})
                         return
@@ -128,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
                     end = parse_time(query.get("to")) if "to" in query else time.time()
                     start = parse_time(query["from"]) if "from" in query else end - TRACK_DEFAULT_S
                     limit = int(_number(query, "limit", 1, TRACK_MAX, default=TRACK_MAX))
-                    positions = service.track(_mmsi(mmsi), start, end, limit + 1)
+                    positions = service.reads.track(_mmsi(mmsi), start, end, limit + 1)
                     body = {
                         "mmsi": int(mmsi),
                         "from": start,

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from aisfusion.config import Config
 from aisfusion.metrics import Metrics
+from aisfusion.storage.reads import StoreReads
 from aisfusion.supervisors.breaker import CircuitBreaker
 
 
@@ -32,6 +33,12 @@ class ServiceView(Protocol):
     @property
     def restartable(self) -> tuple[str, ...]: ...
 
+    @property
+    def reads(self) -> StoreReads:
+        """Live records, static data and tracks, read from the stores (raises RuntimeError
+        when the service is not running)."""
+        ...
+
     def status(self) -> dict[str, Any]: ...
 
     def source_table(self) -> list[dict[str, Any]]: ...
@@ -39,16 +46,6 @@ class ServiceView(Protocol):
     def vessel(self, mmsi: int, timeout: float = 5.0) -> dict[str, Any] | None:
         """The vessel's entity as its shard holds it (None: not in this process)."""
         ...
-
-    def live_record(self, mmsi: int, timeout: float = 5.0) -> dict[str, str] | None: ...
-
-    def vessel_info(self, mmsi: int, *, include_deleted: bool = False) -> dict[str, Any] | None: ...
-
-    def near(self, lat: float, lon: float, km: float, limit: int = 20) -> list[dict[str, Any]]: ...
-
-    def track(
-        self, mmsi: int, start: float, end: float, limit: int = 10_000
-    ) -> list[dict[str, Any]]: ...
 
     def dlq(self, action: str, **options: Any) -> Any: ...
 

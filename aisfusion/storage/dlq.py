@@ -38,6 +38,7 @@ errors are raised as `TransientStorageError` (connection lost, timeout) or
 
 from __future__ import annotations
 
+import importlib.resources
 import itertools
 import logging
 import random
@@ -88,137 +89,12 @@ class _Stored(msgspec.Struct, frozen=True, array_like=True):
     batch: HistoryBatch
 
 
-# KEYS (all scripts): due leased parked age entry attempts error rowcount rows
+# The scripts (storage/lua/dlq_*.lua), each run after the helpers of dlq_common.lua.
+_SCRIPTS = importlib.resources.files("aisfusion.storage.lua")
 
-# Helpers shared by the scripts. Scores travel as the strings Python or Redis formatted
-# (never through a Lua number, which would round them to 14 digits).
-_LUA_COMMON = """
-local due, leased, parked, age = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local entry, attempts, err, rowcount, rows = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local function delete(id)
-    local n = tonumber(redis.call('HGET', rowcount, id) or '0')
-    redis.call('ZREM', due, id)
-    redis.call('ZREM', leased, id)
-    redis.call('ZREM', parked, id)
-    redis.call('ZREM', age, id)
-    redis.call('HDEL', entry, id)
-    redis.call('HDEL', attempts, id)
-    redis.call('HDEL', err, id)
-    redis.call('HDEL', rowcount, id)
-    if redis.call('DECRBY', rows, n) <= 0 then redis.call('DEL', rows) end
-end
-"""
 
-# ARGV: now, limit, lease_until, max_attempts, lease_error
-# Returns id, due score, attempts, error, entry blob for every leased entry.
-_TAKE_DUE = (
-    _LUA_COMMON
-    + """
-local now, limit, lease_until = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local max_attempts = tonumber(ARGV[4])
-local expired = redis.call('ZRANGEBYSCORE', leased, '-inf', now, 'WITHSCORES')
-for i = 1, #expired, 2 do
-    local id, expiry = expired[i], expired[i + 1]
-    redis.call('ZREM', leased, id)
-    redis.call('HSET', err, id, ARGV[5])
-    if redis.call('HINCRBY', attempts, id, 1) >= max_attempts then
-        redis.call('ZADD', parked, expiry, id)
-    else
-        redis.call('ZADD', due, expiry, id)
-    end
-end
-local ready = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
-local out = {}
-for i = 1, #ready, 2 do
-    local id = ready[i]
-    redis.call('ZREM', due, id)
-    redis.call('ZADD', leased, lease_until, id)
-    out[#out + 1] = id
-    out[#out + 1] = ready[i + 1]
-    out[#out + 1] = redis.call('HGET', attempts, id) or '0'
-    out[#out + 1] = redis.call('HGET', err, id) or ''
-    out[#out + 1] = redis.call('HGET', entry, id) or ''
-end
-return out
-"""
-)
-
-# ARGV: id, now, error, max_attempts, retry time after 1, 2, ... max_attempts-1 failures
-# Returns -1 unknown id, 0 rescheduled, 1 parked.
-_FAIL = (
-    _LUA_COMMON
-    + """
-local id, now = ARGV[1], ARGV[2]
-if redis.call('HEXISTS', entry, id) == 0 then return -1 end
-if redis.call('ZSCORE', parked, id) then return 1 end
-redis.call('HSET', err, id, ARGV[3])
-redis.call('ZREM', leased, id)
-local n = redis.call('HINCRBY', attempts, id, 1)
-if n >= tonumber(ARGV[4]) then
-    redis.call('ZREM', due, id)
-    redis.call('ZADD', parked, now, id)
-    return 1
-end
-redis.call('ZADD', due, ARGV[4 + n], id)
-return 0
-"""
-)
-
-# ARGV: id
-_ACK = (
-    _LUA_COMMON
-    + """
-if redis.call('HEXISTS', entry, ARGV[1]) == 0 then return 0 end
-delete(ARGV[1])
-return 1
-"""
-)
-
-# ARGV: now, id (empty: every scheduled and parked entry). Returns how many it made due.
-_RETRY_NOW = (
-    _LUA_COMMON
-    + """
-local now, id = ARGV[1], ARGV[2]
-if id ~= '' then
-    if redis.call('ZSCORE', parked, id) then
-        redis.call('ZREM', parked, id)
-        redis.call('ZADD', due, now, id)
-        return 1
-    end
-    local score = redis.call('ZSCORE', due, id)
-    if score and tonumber(score) > tonumber(now) then
-        redis.call('ZADD', due, now, id)
-        return 1
-    end
-    return 0
-end
-local moved = 0
-for _, ids in ipairs({redis.call('ZRANGEBYSCORE', due, '(' .. now, '+inf'),
-                      redis.call('ZRANGE', parked, 0, -1)}) do
-    for _, member in ipairs(ids) do
-        redis.call('ZADD', due, now, member)
-        moved = moved + 1
-    end
-end
-redis.call('DEL', parked)
-return moved
-"""
-)
-
-# ARGV: "parked" or "all". Returns how many entries it deleted.
-_CLEAR = (
-    _LUA_COMMON
-    + """
-if ARGV[1] == 'all' then
-    local n = redis.call('ZCARD', age)
-    redis.call('DEL', due, leased, parked, age, entry, attempts, err, rowcount, rows)
-    return n
-end
-local ids = redis.call('ZRANGE', parked, 0, -1)
-for _, id in ipairs(ids) do delete(id) end
-return #ids
-"""
-)
+def _script(name: str) -> str:
+    return (_SCRIPTS / "dlq_common.lua").read_text() + (_SCRIPTS / f"dlq_{name}.lua").read_text()
 
 
 class DeadLetterQueue:
@@ -311,7 +187,6 @@ class DeadLetterQueue:
         now = self._clock()
         reply = await self._eval(
             "take_due",
-            _TAKE_DUE,
             [repr(now), limit, repr(now + self.lease_s), self.max_attempts, self._lease_error],
         )
         entries = []
@@ -324,7 +199,7 @@ class DeadLetterQueue:
 
     async def ack(self, entry_id: str) -> None:
         """The entry's batch is in Postgres: delete the entry (a no-op if it is gone)."""
-        if not await self._eval("ack", _ACK, [entry_id]):
+        if not await self._eval("ack", [entry_id]):
             log.info("dlq: ack of unknown entry %s (settled or cleared already)", entry_id)
 
     async def fail(self, entry_id: str, error: str) -> bool:
@@ -339,7 +214,7 @@ class DeadLetterQueue:
         # every count that does not park.
         schedule = [repr(now + self.backoff(n, jitter)) for n in range(1, self.max_attempts)]
         result = await self._eval(
-            "fail", _FAIL, [entry_id, repr(now), error, self.max_attempts, *schedule]
+            "fail", [entry_id, repr(now), error, self.max_attempts, *schedule]
         )
         if result == -1:
             log.warning("dlq: fail of unknown entry %s (%s)", entry_id, error)
@@ -411,12 +286,12 @@ class DeadLetterQueue:
         """Make one entry, or every scheduled and parked entry, due now; returns how many it
         moved. Entries already due and leased ones are left alone. A parked entry keeps its
         attempt count: if the retry fails too, it is parked again at once."""
-        return int(await self._eval("retry_now", _RETRY_NOW, [repr(self._clock()), entry_id or ""]))
+        return int(await self._eval("retry_now", [repr(self._clock()), entry_id or ""]))
 
     async def clear(self, *, parked_only: bool = False) -> int:
         """Delete every entry (leased ones included), or only the parked ones; returns how
         many. A writer still holding a deleted entry finds its ack and fail ignored."""
-        n = int(await self._eval("clear", _CLEAR, ["parked" if parked_only else "all"]))
+        n = int(await self._eval("clear", ["parked" if parked_only else "all"]))
         if n:
             log.warning("dlq: %d %sentries cleared", n, "parked " if parked_only else "")
         return n
@@ -427,11 +302,11 @@ class DeadLetterQueue:
     def _lease_error(self) -> str:
         return f"lease expired after {self.lease_s:g} s (writer crashed or stalled)"
 
-    async def _eval(self, name: str, source: str, args: Sequence[Any]) -> Any:
+    async def _eval(self, name: str, args: Sequence[Any]) -> Any:
         client = self._store.client
         script = self._scripts.get(name)
         if script is None:
-            script = self._scripts[name] = client.register_script(source)
+            script = self._scripts[name] = client.register_script(_script(name))
         try:
             # The script object loads itself again after a server restart (NOSCRIPT).
             return await script(keys=self._keys, args=list(args), client=client)

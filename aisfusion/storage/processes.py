@@ -138,6 +138,15 @@ def spawn(
         )
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a server child process."""
+    # PG* variables (PGDATA, PGPORT, …) would override what is passed on the command line
+    # for some tools; the C locale keeps initdb from depending on the host's locales.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(LC_ALL="C", LANG="C")
+    return env
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))

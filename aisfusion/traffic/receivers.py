@@ -28,8 +28,9 @@ from typing import IO, Final, Literal
 
 import msgspec
 
+from aisfusion.traffic.motion import EARTH_RADIUS_M
 from aisfusion.traffic.nmea_out import Fields, encode, tag_block
-from aisfusion.traffic.simulator import EARTH_RADIUS_M, Fleet, SimReport
+from aisfusion.traffic.simulator import Fleet, SimReport
 
 Fault = Literal["offset", "clock", "jumps"]
 FAULTS: Final = ("offset", "clock", "jumps")
