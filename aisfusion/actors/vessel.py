@@ -319,10 +319,13 @@ class Vessel:
             if offset is not None:
                 tally.skew_n += 1
                 tally.skew_sum += offset
+                # A position is timed by its transmission: the vessel's own UTC second, on
+                # the receiver's minute. So every receiver's copy of one transmission (and a
+                # redelivery of it to a worker that lost the dedup window) is the same
+                # (mmsi, ts) row in history, stored once.
+                ts -= offset
                 if abs(offset) > cfg.clock_tolerance_s:
-                    # The receiver's clock is wrong; the vessel's own UTC second is not.
-                    ts -= offset
-                    tally.grade("clock", 0.0)
+                    tally.grade("clock", 0.0)  # the receiver's clock is wrong, not the vessel's
                     graded = True
         ts = self._unique_ts(round(ts * _US) / _US)
         tally.last_ts = max(tally.last_ts, ts)

@@ -150,9 +150,9 @@ class Front:
         if status is None or not status["log"].get("partitions"):
             return False
         alive = {w["id"] for w in status["log"]["workers_alive"]}
-        return len(alive) == self.workers and all(
-            p["owner"] in alive for p in status["log"]["partitions"]
-        )
+        # Settled: every worker owns its share (one that joined late is handed its share).
+        owners = {p["owner"] for p in status["log"]["partitions"]}
+        return len(alive) == self.workers and owners == alive
 
     def worker_pids(self) -> list[int]:
         status = self.status()
