@@ -248,7 +248,9 @@ async def throughput(args: argparse.Namespace) -> None:
             label = mode if mode == "in_process" else f"workers={mode}"
             rate = messages / elapsed
             print(f"{label:12s} {rate:11,.0f}  {stored:9,d}  {elapsed:7.2f}   {cpu:7.2f}")
+            diverted = total(families, "aisfusion_dead_letter_diverted_batches")
             print(f"             decided {decided:,.0f}; rejects {rejects}")
+            print(f"             history batches diverted (DLQ, spool): {diverted:,.0f}")
             print(f"             CPU s by process: {breakdown}")
             if stored != decided:
                 print(f"MISMATCH: {decided:,.0f} decided, {stored:,} rows", file=sys.stderr)

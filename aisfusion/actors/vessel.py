@@ -106,6 +106,7 @@ class Vessel:
 
     __slots__ = (
         "emitted",
+        "emitted_at",
         "first_seen",
         "heard",
         "interval_s",
@@ -143,6 +144,7 @@ class Vessel:
         self.quarantine_size = quarantine_size
         self.quarantine: tuple[Observation, ...] = ()
         self.emitted: tuple[float, ...] = ()
+        self.emitted_at: tuple[tuple[float, float], ...] = ()  # (lat, lon) of each
         self.newest_ts = -math.inf
         self.static: StaticReport | None = None
         self.votes: dict[str, Any] | None = None
@@ -327,7 +329,15 @@ class Vessel:
                 if abs(offset) > cfg.clock_tolerance_s:
                     tally.grade("clock", 0.0)  # the receiver's clock is wrong, not the vessel's
                     graded = True
-        ts = self._unique_ts(round(ts * _US) / _US)
+        ts = round(ts * _US) / _US
+        if ts in self.emitted and self.emitted_at[self.emitted.index(ts)] == (lat, lon):
+            # A report in history already, heard again past the dedup window (a receiver
+            # far behind the others, one that re-encodes, a redelivery): the same row, not
+            # a distinct observation to give the next microsecond.
+            b.rejects["duplicate"] += 1
+            tally.outcomes["repeat"] += 1
+            return
+        ts = self._unique_ts(ts)
         tally.last_ts = max(tally.last_ts, ts)
         sog, cog, heading = f.get("speed"), f.get("course"), f.get("heading")
         position = Position(
@@ -453,6 +463,7 @@ class Vessel:
         p = obs.position
         b.history.append(p)
         self.emitted = _appended(self.emitted, p.ts, _EMITTED_MAX)
+        self.emitted_at = _appended(self.emitted_at, (p.lat, p.lon), _EMITTED_MAX)
         self.newest_ts = max(self.newest_ts, p.ts)
         live = self.live
         if live is not None and p.ts <= live.ts:

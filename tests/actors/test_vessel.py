@@ -160,6 +160,22 @@ def test_distinct_observations_with_one_tag_time_stay_distinct() -> None:
     assert len({p.ts for p in b.history}) == 2
 
 
+def test_a_report_heard_again_past_the_dedup_window_is_not_a_second_row() -> None:
+    """Another receiver's copy of a report (here re-encoded, so its payload differs; or
+    arriving after the window of recent payloads rolled over) lands on the same second and
+    place: the row history has, not one a microsecond later."""
+    v, b = Vessel(MMSI, 2), batch()
+    first = raw(pos(55.0, 10.0, radio=1), NOW, source="s1")
+    feed(v, first, b)
+    for k in range(1, 4):  # the window (2 payloads) rolls over
+        feed(v, raw(pos(north(55.0, 30.0 * k), 10.0), NOW + 2 * k, source="s1"), b)
+    again = raw(pos(55.0, 10.0, radio=2, second=int(NOW) % 60), NOW + 1, source="s2")
+    assert again.payload != first.payload
+    feed(v, again, b)
+    assert [p.ts for p in b.history] == [NOW, NOW + 2, NOW + 4, NOW + 6]
+    assert b.rejects["duplicate"] == 1
+
+
 def test_decision_is_emitted_only_when_it_changes() -> None:
     v = Vessel(MMSI, 16)
     first = raw(pos(55.0, 10.0), NOW)
