@@ -266,6 +266,10 @@ class WorkersConfig(_Section, frozen=True):
     renew_interval_s: Annotated[float, msgspec.Meta(gt=0, le=100)] = 0.5
     fetch_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
     max_ack_pending: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 2048
+    # Lines taken from the log and not yet committed; past it a worker fetches no more until
+    # storage catches up, so the log is the buffer (not the DLQ, where a writer that falls
+    # behind would otherwise divert batches: work done twice).
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 50_000
     ack_wait_s: PositiveFloat = 60.0
 
 

@@ -441,6 +441,12 @@ class Metrics:
             ["role"],
             registry=r,
         )
+        self.log_backpressure = Counter(
+            "aisfusion_log_backpressure_waits_total",
+            "Times this worker stopped fetching because storage was behind "
+            "(workers.max_in_flight lines taken from the log and not yet committed)",
+            registry=r,
+        )
         self.log_consumed = Counter(
             "aisfusion_log_consumed_messages_total",
             "Raw messages this worker took from the log",

@@ -84,8 +84,11 @@ class LogIntake:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        # Per partition: (number, message) delivered and not yet acknowledged, oldest first.
-        self._unacked: dict[int, deque[tuple[int, Msg]]] = {}
+        # Per partition: (number, message, lines) delivered and not yet acknowledged, oldest
+        # first; `_in_flight` counts their lines (backpressure: `_consume`).
+        self._unacked: dict[int, deque[tuple[int, Msg, int]]] = {}
+        self._in_flight = 0
+        self._room = asyncio.Event()
         self._seq = 0
         self._routed = 0  # the last number told to the shards in a Mark
         # Fetched and not yet routed: what every partition fetched in one turn of the loop
@@ -112,7 +115,8 @@ class LogIntake:
         """Give the leases back; messages not acknowledged by now go to the next owner."""
         await self.pause()
         await self.leases.stop()
-        self._unacked.clear()
+        for part in list(self._unacked):
+            self._forget(self._unacked.pop(part))
 
     # -- ownership ---------------------------------------------------------------------
 
@@ -135,6 +139,7 @@ class LogIntake:
         await js.reset_consumer(cfg.stream, name)
         sub = await js.pull_subscribe_bind(durable=name, stream=cfg.stream)
         await self._claim(part)  # the shards learn its vessels before any of its messages
+        self._forget(self._unacked.pop(part, ()))  # a previous holding's: delivered again
         self._unacked[part] = deque()
         assert self._loop is not None
         self._tasks[part] = self._loop.create_task(self._consume(part, epoch, sub))
@@ -172,7 +177,13 @@ class LogIntake:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if forget:
-            self._unacked.pop(part, None)
+            self._forget(self._unacked.pop(part, ()))
+
+    def _forget(self, entries: Sequence[tuple[int, Msg, int]]) -> None:
+        """Entries that will not be acknowledged here (the next owner gets them)."""
+        self._in_flight -= sum(lines for _, _, lines in entries)
+        if self._in_flight < self._config.max_in_flight:
+            self._room.set()
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -185,6 +196,12 @@ class LogIntake:
             while self._tasks.get(part) is me:
                 if not self.leases.valid(part):
                     await asyncio.sleep(0.05)  # renewing, or about to be given up
+                    continue
+                if self._in_flight >= self._config.max_in_flight:
+                    # Storage is behind: the log keeps the rest until it catches up.
+                    self._room.clear()
+                    m.log_backpressure.inc()
+                    await self._room.wait()
                     continue
                 if self._nc.stats["reconnects"] != reconnects:
                     # A fetch reply lost in the outage counts as delivered: without a reset
@@ -215,11 +232,14 @@ class LogIntake:
                 fetched: list[RawMessage] = []
                 for msg in msgs:
                     try:
-                        fetched += jlog.decode(msg.data)
+                        lines = jlog.decode(msg.data)
                     except (msgspec.DecodeError, msgspec.ValidationError):
                         m.log_undecodable.inc()
+                        lines = []
+                    fetched += lines
                     self._seq += 1
-                    unacked.append((self._seq, msg))
+                    unacked.append((self._seq, msg, len(lines)))
+                    self._in_flight += len(lines)
                 self._fetched += fetched
                 self._epochs[part] = epoch
                 if self._route_soon is None:
@@ -251,7 +271,7 @@ class LogIntake:
                 # their numbers): out of the partition's unacknowledged list, if it has one.
                 unacked = self._unacked.get(part)
                 while unacked and unacked[-1][0] > self._routed:
-                    unacked.pop()
+                    self._forget([unacked.pop()])
         if fetched:
             self._route(fetched, epochs, self._nats.partitions)
         if self._seq != self._routed:
@@ -286,10 +306,12 @@ class LogIntake:
 
     def _ack(self, upto: int) -> None:
         self._durable = max(self._durable, upto)
-        done: list[Msg] = []
+        settled: list[tuple[int, Msg, int]] = []
         for unacked in self._unacked.values():
             while unacked and unacked[0][0] <= upto:
-                done.append(unacked.popleft()[1])
+                settled.append(unacked.popleft())
+        done = [msg for _, msg, _ in settled]
+        self._forget(settled)
         if done:
             self.acked += len(done)
             self._metrics.log_acked.inc(len(done))
@@ -309,5 +331,6 @@ class LogIntake:
             "consumed": self.consumed,
             "acked": self.acked,
             "unacked": sum(len(q) for q in self._unacked.values()),
+            "in_flight": self._in_flight,
             "durable_mark": self._durable,
         }

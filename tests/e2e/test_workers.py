@@ -481,3 +481,34 @@ async def test_a_worker_joining_mid_stream_gets_its_share_without_duplicates(
             worker.kill()
             worker.wait()
         stack.close()
+
+
+def metric(port: int, name: str) -> float:
+    """A counter of the process serving metrics on `port`, summed over its labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+async def test_a_worker_whose_storage_is_behind_leaves_the_rest_in_the_log(
+    tmp_path: Path, own_servers: EmbeddedServers, fronts: list[Front]
+) -> None:
+    """A feed faster than storage: past `workers.max_in_flight` uncommitted lines the worker
+    fetches no more until commits catch up, so the log buffers, not the DLQ (where a writer
+    that falls behind would otherwise divert batches, to be written twice). A tiny bound
+    here: it waits often, and still stores everything."""
+    front = Front(tmp_path, own_servers, workers=1, **{"workers.max_in_flight": "50"})
+    fronts.append(front)
+    front.start()
+    lines, expected = reports(time.time())
+    await send(front.feed_port, lines)  # at once
+    rows = await wait_stored(own_servers.postgres_url, len(expected))
+    assert sorted(rows) == sorted(expected)
+    port = front.base + 1
+    assert metric(port, "aisfusion_log_backpressure_waits_total") > 0
+    assert metric(port, "aisfusion_dead_letter_diverted_batches_total") == 0
+    wait_until(lambda: front.worker_status(0)["log"]["in_flight"] == 0, "every line acked")
