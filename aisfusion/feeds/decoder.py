@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections import Counter
 
 from aisfusion.feeds.fragments import FragmentBuffer
-from aisfusion.feeds.nmea import Reject, Sentence, TagBlock, parse_line, parse_sentence
+from aisfusion.feeds.nmea import (
+    Reject,
+    Sentence,
+    TagBlock,
+    merged,
+    parse_gatehouse,
+    parse_line,
+    parse_sentence,
+)
 from aisfusion.feeds.payload import MIN_BITS, invalid_chars, routing_fields
 from aisfusion.messages import RawMessage
 
@@ -91,7 +99,13 @@ class FeedDecoder:
                 continue
             t = (base + n_lines) / _US
             n_lines += 1
-            if line[:1] != b"!" or len(line) > max_len or self._pending_tag is not None:
+            if (
+                line[:1] != b"!"
+                or len(line) > max_len
+                or self._pending_tag is not None
+                # Something after the checksum (``*hh``, ``*hh\r``): maybe a NAIS trailer.
+                or b"*" not in line[-4:-2]
+            ):
                 n_messages += self._line(line, t, out)
                 continue
             sentence = parse_sentence(line)  # ignores whatever follows *hh, \r included
@@ -139,6 +153,16 @@ class FeedDecoder:
             line = line[:-1]
         if len(line) > self.max_line_bytes:
             self.rejects[Reject.TOO_LONG] += 1
+            return 0
+        if line[:6] == b"$PGHP,":
+            # Gatehouse: the receive time (and source) of the sentence that follows; it
+            # completes a tag block on the line before it (DMA sends both).
+            gatehouse = parse_gatehouse(line)
+            if isinstance(gatehouse, Reject):
+                self.rejects[gatehouse] += 1
+                return 0
+            pending = self._pending_tag
+            self._pending_tag = gatehouse if pending is None else merged(gatehouse, pending)
             return 0
         parsed = parse_line(line)
         if isinstance(parsed, Reject):

@@ -6,15 +6,24 @@
     ^ tag block (optional)    ^ sentence                                  ^ checksum, then a trailer
 
 Everything works on bytes: feeds carry binary garbage now and then, and decoding every line
-to text would cost more than the parse itself. Data after the sentence checksum (USCG/NAIS
-station and time trailers, a stray quote) is ignored rather than rejected: the checksum has
-already vouched for the sentence.
+to text would cost more than the parse itself. Data after the sentence checksum is never a
+reason to reject (the checksum has already vouched for the sentence); a USCG/NAIS trailer
+there gives the receive time and the station (`parse_trailer`), anything else (a stray quote)
+is ignored.
+
+Receive times come in four forms, each read into a `TagBlock`: the tag block's ``c:`` (seconds
+or milliseconds), a tag block on its own line before the sentence (DMA sends ``\\si:AISD*3F\\``,
+its ``si:`` read as the source id), a NAIS trailer (``…*hh,r003669946,1325394060``: the last
+``r``/``b`` field is the station, the first UNIX time after it the receive time), and a
+Gatehouse ``$PGHP,1,yyyy,mm,dd,hh,mm,ss,ms,country,region,pss,…`` sentence before the one it
+times (`parse_gatehouse`; its source id becomes the station).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Final, NamedTuple
 
@@ -126,6 +135,8 @@ def parse_tag_block(block: bytes) -> TagBlock | Reject:
         key = field[:2]
         if key == b"s:":
             station = field[2:].decode("latin-1") or None
+        elif field[:3] == b"si:":  # DMA's source id, on a line of its own
+            station = field[3:].decode("latin-1") or None
         elif key == b"c:":
             when = _tag_time(field[2:])
         elif key == b"g:":
@@ -173,11 +184,64 @@ def parse_sentence(text: bytes) -> Sentence | Reject:
     return Reject.BAD_FIELDS
 
 
+@functools.lru_cache(maxsize=4096)
+def parse_trailer(rest: bytes) -> TagBlock | None:
+    """The USCG/NAIS fields after a sentence's checksum (`rest` starts after ``*hh``), e.g.
+    ``,d-109,S2105,t050056.00,T56.13,r003669946,1325394060,1325394001`` or
+    ``,r08VCCH1,1272413332``: the station (the last ``r``/``b`` field: receiver, base station)
+    and the receive time (the first UNIX time after it). None when it holds neither."""
+    if rest[:1] != b",":
+        return None
+    station: str | None = None
+    when: float | None = None
+    for field in rest[1:].split(b","):
+        head = field[:1]
+        if head in (b"r", b"b") and len(field) > 1:
+            station, when = field.decode("latin-1"), None
+        elif when is None and field.isdigit() and 9 <= len(field) <= 10:
+            when = float(field)
+    if station is None and when is None:
+        return None
+    return TagBlock(station, when, None)
+
+
+@functools.lru_cache(maxsize=64)
+def _midnight(year: int, month: int, day: int) -> float:
+    """UNIX time of a UTC date's start (ValueError if there is no such date). Cached: one
+    date covers a day of sentences, and building a datetime per line is the parse's cost."""
+    return datetime(year, month, day, tzinfo=UTC).timestamp()
+
+
+def parse_gatehouse(line: bytes) -> TagBlock | Reject:
+    """A Gatehouse ``$PGHP,1,…`` sentence: the receive time and source of the next sentence."""
+    star = line.find(b"*")
+    if star < 0:
+        return Reject.NO_CHECKSUM
+    body = line[1:star]
+    if not _check(body, line[star + 1 : star + 3]):
+        return Reject.BAD_CHECKSUM
+    f = body.split(b",")
+    if len(f) < 12 or f[1] != b"1":
+        return Reject.BAD_FIELDS
+    try:
+        midnight = _midnight(int(f[2]), int(f[3]), int(f[4]))
+        hour, minute, second, ms = int(f[5]), int(f[6]), int(f[7]), int(f[8] or 0)
+    except (ValueError, OverflowError):
+        return Reject.BAD_FIELDS
+    if not (0 <= hour < 24 and 0 <= minute < 60 and 0 <= second < 61 and 0 <= ms < 1000):
+        return Reject.BAD_FIELDS
+    when = midnight + hour * 3600 + minute * 60 + second + ms / 1000.0
+    # The source: the base station's id (PSS), else country and region.
+    source = f[11] or b"-".join(v for v in (f[9], f[10]) if v)
+    return TagBlock(source.decode("latin-1") or None, when, None)
+
+
 def parse_line(line: bytes) -> tuple[TagBlock | None, Sentence | None] | Reject:
     """Parse one line (no line terminator) into its tag block and sentence.
 
     A tag block alone on its line comes back as ``(tag, None)``: some networks send it on the
-    line before the sentence it describes.
+    line before the sentence it describes. A NAIS trailer after the checksum fills what the
+    tag block (if any) leaves out.
     """
     tag: TagBlock | None = None
     if line[:1] == b"\\":
@@ -196,4 +260,18 @@ def parse_line(line: bytes) -> tuple[TagBlock | None, Sentence | None] | Reject:
     sentence = parse_sentence(line)
     if isinstance(sentence, Reject):
         return sentence
+    rest = line[line.find(b"*") + 3 :]
+    if rest:
+        trailer = parse_trailer(rest)
+        if trailer is not None:
+            tag = trailer if tag is None else merged(tag, trailer)
     return tag, sentence
+
+
+def merged(first: TagBlock, then: TagBlock) -> TagBlock:
+    """`first` with what it leaves out taken from `then`."""
+    return TagBlock(
+        first.station if first.station is not None else then.station,
+        first.time if first.time is not None else then.time,
+        first.group if first.group is not None else then.group,
+    )

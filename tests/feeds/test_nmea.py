@@ -14,9 +14,11 @@ from aisfusion.feeds.nmea import (
     Sentence,
     TagBlock,
     checksum,
+    parse_gatehouse,
     parse_line,
     parse_sentence,
     parse_tag_block,
+    parse_trailer,
 )
 
 
@@ -159,7 +161,32 @@ def test_line_with_tag_block() -> None:
 
 
 def test_standalone_tag_block() -> None:
-    assert parse_line(b"\\si:AISD*3F\\") == (TagBlock(None, None, None), None)
+    # DMA's form: `si:` is the source id.
+    assert parse_line(b"\\si:AISD*3F\\") == (TagBlock("AISD", None, None), None)
+
+
+def test_uscg_trailers_give_station_and_time() -> None:
+    assert parse_trailer(b",b003669794,1272412827") == TagBlock("b003669794", 1272412827.0, None)
+    # gpsd's NAIS sample: signal fields first, the station, then the time.
+    rest = b",s28089,d-103,T39.44353985,x147521,r08TPHI1,1242958962"
+    assert parse_trailer(rest) == TagBlock("r08TPHI1", 1242958962.0, None)
+    assert parse_trailer(b"'") is None  # a stray quote (gfw-listener): nothing
+    assert parse_trailer(b",s36310,d-081,T59.01777335") is None
+    line = b"!AIVDM,1,1,,A,15B4FT5000JRP>PE6E68Nbkl0PS5,0*70,b003669794,1272412827"
+    assert parse_line(line)[0] == TagBlock("b003669794", 1272412827.0, None)  # type: ignore[index]
+    # A tag block's own fields come first; the trailer fills in what it lacks.
+    tagged = b"\\s:rx1*" + f"{checksum(b's:rx1'):02X}".encode() + b"\\" + line
+    assert parse_line(tagged)[0] == TagBlock("rx1", 1272412827.0, None)  # type: ignore[index]
+
+
+def test_gatehouse_time_sentence() -> None:
+    line = b"$PGHP,1,2013,11,12,12,0,0,11,219,,2190067,1,62*26"
+    assert parse_gatehouse(line) == TagBlock("2190067", 1384257600.011, None)
+    assert parse_gatehouse(line.replace(b"*26", b"*27")) == Reject.BAD_CHECKSUM
+    bad = b"PGHP,1,2013,13,12,12,0,0,11,219,,2190067,1,62"  # month 13
+    assert parse_gatehouse(b"$" + bad + b"*" + f"{checksum(bad):02X}".encode()) == (
+        Reject.BAD_FIELDS
+    )
 
 
 @pytest.mark.parametrize(
