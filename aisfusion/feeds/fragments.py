@@ -8,8 +8,10 @@ implicit because there is one buffer per connection.
 
 NMEA 4.10 feeds often put the station (``s:``) and time (``c:``) only in the tag block of the
 first fragment and tie the rest to it with ``g:``; networks that send the tag block on its
-own line do the same. So a continuation that names no station (or whose group named none)
-joins the most recently opened group with the same channel, sequence id and tag-group id.
+own line do the same. So a continuation that names no station joins the most recently opened
+group with the same channel, sequence id and tag-group id (even when an older station-less
+group has its exact key), and one that names a station joins its own group, else the most
+recent such group that named none.
 A continuation with no tag block at all that still matches nothing joins the most recently
 opened group with its channel and sequence id, whatever that group's tag-group id: a stray
 tag block on its own line before an untagged first fragment must not cost the message.
@@ -117,6 +119,11 @@ class FragmentBuffer:
             self._latest[loose] = key
             self._latest_seq[(channel, seq_id)] = key
             return None
+        if station is None:
+            # The most recently opened group of this channel, sequence id and tag-group id,
+            # whatever its station: an older station-less group with the same key (a stray
+            # first fragment) must not take the continuation of the one opened after it.
+            key = self._latest.get(loose, key)
         g = groups.get(key)
         if g is None:
             fallback = self._latest.get(loose)

@@ -693,6 +693,18 @@ def test_stray_tag_group_before_an_untagged_group_does_not_lose_it() -> None:
     cuts=st.lists(st.integers(0, 10**6), max_size=6),
     max_line=st.sampled_from([100, 1024]),
 )
+# Found by CI: a stray first fragment, then a tag block on its own line naming a station
+# before the follower's first fragment; the follower's untagged continuation joined the
+# stray, older group (its exact key) instead of the group opened just before it.
+@example(
+    garbage=sentence("AIVDM,2,1,2,B,0000000111455500000000,0") + b"\n" + tagged("s:3F", b""),
+    follower=sentence("AIVDM,2,1,2,B,538UMb82F1cOD9MOD00PtpHhEE800000000000157av:E=EP0?1SliC`,0")
+    + b"\n"
+    + sentence("AIVDM,2,2,2,B,6@DQ00000000008,2")
+    + b"\n",
+    cuts=[],
+    max_line=100,
+)
 def test_a_valid_message_after_any_garbage_line_is_delivered(
     garbage: bytes, follower: bytes, cuts: list[int], max_line: int
 ) -> None:
