@@ -3,6 +3,8 @@ guard against hanging, never a speed requirement)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,3 +18,13 @@ def wait_until(
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 60.0) -> None:
+    """SIGTERM (a graceful stop) and wait for the exit; killed if it takes over `timeout`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

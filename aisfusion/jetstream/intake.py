@@ -116,7 +116,7 @@ class LogIntake:
         await self.pause()
         await self.leases.stop()
         for part in list(self._unacked):
-            self._forget(self._unacked.pop(part))
+            self._settle(self._unacked.pop(part))
 
     # -- ownership ---------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class LogIntake:
         await js.reset_consumer(cfg.stream, name)
         sub = await js.pull_subscribe_bind(durable=name, stream=cfg.stream)
         await self._claim(part)  # the shards learn its vessels before any of its messages
-        self._forget(self._unacked.pop(part, ()))  # a previous holding's: delivered again
+        self._settle(self._unacked.pop(part, ()))  # a previous holding's: delivered again
         self._unacked[part] = deque()
         assert self._loop is not None
         self._tasks[part] = self._loop.create_task(self._consume(part, epoch, sub))
@@ -177,10 +177,10 @@ class LogIntake:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if forget:
-            self._forget(self._unacked.pop(part, ()))
+            self._settle(self._unacked.pop(part, ()))
 
-    def _forget(self, entries: Sequence[tuple[int, Msg, int]]) -> None:
-        """Entries that will not be acknowledged here (the next owner gets them)."""
+    def _settle(self, entries: Sequence[tuple[int, Msg, int]]) -> None:
+        """Entries no longer in flight: acknowledged, or left to the next owner."""
         self._in_flight -= sum(lines for _, _, lines in entries)
         if self._in_flight < self._config.max_in_flight:
             self._room.set()
@@ -271,7 +271,7 @@ class LogIntake:
                 # their numbers): out of the partition's unacknowledged list, if it has one.
                 unacked = self._unacked.get(part)
                 while unacked and unacked[-1][0] > self._routed:
-                    self._forget([unacked.pop()])
+                    self._settle([unacked.pop()])
         if fetched:
             self._route(fetched, epochs, self._nats.partitions)
         if self._seq != self._routed:
@@ -310,8 +310,8 @@ class LogIntake:
         for unacked in self._unacked.values():
             while unacked and unacked[0][0] <= upto:
                 settled.append(unacked.popleft())
+        self._settle(settled)
         done = [msg for _, msg, _ in settled]
-        self._forget(settled)
         if done:
             self.acked += len(done)
             self._metrics.log_acked.inc(len(done))

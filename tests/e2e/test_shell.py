@@ -16,7 +16,6 @@ import pty
 import re
 import select
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -39,7 +38,7 @@ from aisfusion.errors import AisFusionError
 from aisfusion.ops.control import ControlServer
 from tests.dbs import fresh_database, unique_name
 from tests.e2e.test_cli import start_service
-from tests.waiting import wait_until
+from tests.waiting import stop_process, wait_until
 
 CLI = [sys.executable, "-m", "aisfusion.cli"]
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ais"
@@ -104,12 +103,7 @@ def service(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         wait_until(lambda: "257300049" in shell(running, "near 59.9 10.7 20 100").stdout, "vessels")
         yield running
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def shell(service: Running, command: str, *extra: str) -> subprocess.CompletedProcess[str]:

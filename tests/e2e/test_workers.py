@@ -34,7 +34,7 @@ from aisfusion.config import NatsConfig
 from aisfusion.jetstream import log as jlog
 from aisfusion.storage.embedded import EmbeddedServers, discard_moved_data
 from aisfusion.traffic.nmea_out import tag_block
-from tests.waiting import wait_until
+from tests.waiting import stop_process, wait_until
 
 CLI = [sys.executable, "-m", "aisfusion.cli"]
 PARTITIONS = NatsConfig().partitions
@@ -176,12 +176,7 @@ class Front:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
 
 
 @pytest.fixture
@@ -474,12 +469,7 @@ async def test_a_worker_joining_mid_stream_gets_its_share_without_duplicates(
         assert joined["log"]["partitions"]  # it got a share
         assert front.worker_status(0)["log"]["moves"] > PARTITIONS  # and the first gave it up
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker)
         stack.close()
 
 
