@@ -266,6 +266,7 @@ class Leases:
         await self._give_up(part, "released", notify=False)
         with contextlib.suppress(KeyWrongLastSequenceError):  # it had been taken already
             await self._leases.delete(f"p{part}", last=revision)
+        logger.info("leases: handed partition %d over", part)
 
     async def _give_up(self, part: int, change: str, *, notify: bool = True) -> None:
         self.held.pop(part, None)

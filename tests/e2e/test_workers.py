@@ -210,10 +210,17 @@ async def stored(pg_url: str) -> list[tuple[int, int]]:
 
 
 async def owner_epochs(pg_url: str) -> dict[int, list[int]]:
-    """Per vessel, the ownership epoch stored with each of its positions, in time order."""
+    """Per vessel, the ownership epoch stored with each of its positions, in the order they
+    were written: by the inserting transaction's id (`xmin`, assigned in order), then epoch
+    (one transaction may hold a worker's decisions from before and after it took a partition
+    again). Not in time order: the log is not in time order either, as a publish the front
+    retries after an outage lands behind batches sent meanwhile, so a new owner may rightly
+    store a vessel's older report after its old owner stored newer ones."""
     conn = await asyncpg.connect(pg_url)
     try:
-        rows = await conn.fetch("SELECT mmsi, owner_epoch FROM positions ORDER BY mmsi, ts")
+        rows = await conn.fetch(
+            "SELECT mmsi, owner_epoch FROM positions ORDER BY mmsi, xmin::text::bigint, owner_epoch"
+        )
     finally:
         await conn.close()
     out: dict[int, list[int]] = {}
@@ -224,7 +231,7 @@ async def owner_epochs(pg_url: str) -> dict[int, list[int]]:
 
 async def assert_one_owner_at_a_time(pg_url: str) -> int:
     """Every position carries the epoch of the lease its worker held, and per vessel the epochs
-    never go down in time order: no two workers decided one vessel at the same time (an old
+    never go down in commit order: no two workers decided one vessel at the same time (an old
     owner deciding on after a new one took over would store a lower epoch after a higher one).
     Returns how many vessels changed owner (so a caller can show the check was not vacuous)."""
     moved = 0
