@@ -1,9 +1,10 @@
-"""Command line: `aisfusion run | worker | demo | replay | simulate | shell`."""
+"""Command line: `aisfusion run | worker | import | demo | replay | simulate | shell`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import os
 import signal
@@ -35,6 +36,50 @@ def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected a number of workers (0 or more), got {text!r}")
     return int(text)
+
+
+def _instant(text: str) -> float:
+    """A time: UNIX seconds, or ISO 8601 (UTC unless it names an offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected UNIX seconds or an ISO 8601 time, got {text!r}"
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = 0.0
+    if not rate > 0:
+        raise argparse.ArgumentTypeError(f"expected lines per second (> 0), got {text!r}")
+    return rate
+
+
+async def _import(config: Config, args: argparse.Namespace) -> int:
+    from aisfusion.archive import report
+    from aisfusion.archive.importer import Timing, import_files
+
+    summary = await import_files(
+        config,
+        args.files,
+        source=args.source,
+        fmt=args.format,
+        timing=Timing(args.assume_rate, args.start_time),
+        progress=report.progress_bar() if sys.stderr.isatty() else None,
+    )
+    print(report.as_json(summary) if args.json else report.render(summary), flush=True)
+    for f in summary.files:
+        if f.error is not None:
+            print(f"aisfusion import: {f.name}: {f.error}", file=sys.stderr)
+    return 0 if summary.ok else 1
 
 
 def _overrides(pairs: list[str]) -> dict[str, dict[str, Any]]:
@@ -158,6 +203,29 @@ def main(argv: list[str] | None = None) -> int:
     with_config(worker)
     worker.add_argument("--id", default="", help="worker id (default: host-pid)")
 
+    imp = sub.add_parser(
+        "import",
+        help="import archives (NMEA or CSV; .gz, .bz2, .zst; - for stdin) in event time",
+    )
+    with_config(imp)
+    imp.add_argument("files", nargs="+", metavar="FILE")
+    imp.add_argument("--format", choices=("nmea", "csv"), help="default: told by the header")
+    imp.add_argument("--source", default="import", help="source name (default: import)")
+    imp.add_argument(
+        "--assume-rate",
+        type=_rate,
+        metavar="LINES_PER_S",
+        help="time lines without a receive time at this rate (default with --start-time: 10)",
+    )
+    imp.add_argument(
+        "--start-time",
+        type=_instant,
+        metavar="TIME",
+        help="time of the first line without a receive time (UNIX s or ISO 8601; default "
+        "with --assume-rate: the file's modification time less its lines at that rate)",
+    )
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     demo = sub.add_parser("demo", help="embedded servers + simulated receivers + summary")
     with_config(demo)
     demo.add_argument("--vessels", type=int, default=2000)
@@ -233,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
             config = _load(args)
             logs.configure(config.log.level)
             return uvloop.run(_run(config, "worker", worker_id=args.id))
+        if args.command == "import":
+            config = _load(args)
+            # Errors only: the progress bar and the summary say how it goes (a live feed's
+            # warnings, such as sources demoted, would bury the bar).
+            logs.configure("ERROR")
+            return uvloop.run(_import(config, args))
         if args.command == "demo":
             from aisfusion.traffic.demo import run_demo
 

@@ -37,11 +37,16 @@ class RawBatch(msgspec.Struct, frozen=True, gc=False):
     `epochs` (worker processes): the ownership epoch (the revision of its lease) of each log
     partition (``mmsi % partitions``) these came from, stored with every position decided from
     them; None without the log.
+
+    `now` (`aisfusion import`): the stream's own clock, the newest receive time read so far
+    (a watermark), against which the shard judges lateness instead of the wall clock; None:
+    the shard's clock.
     """
 
     messages: list[RawMessage]
     epochs: dict[int, int] | None = None
     partitions: int = 0
+    now: float | None = None
 
 
 class Position(msgspec.Struct, frozen=True, gc=False):

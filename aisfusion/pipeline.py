@@ -7,7 +7,7 @@ outside (`Surfaces`: the HTTP endpoint and the control socket of `aisfusion.ops`
 Stop is the reverse, in `finally` blocks, idempotent; a graceful stop drains every stage so
 nothing accepted is left unwritten.
 
-One class, three roles, one pipeline:
+One class, four roles, one pipeline:
 
 - ``direct`` (workers.mode = "in_process", and what tests build): the feed listener hands raw
   messages straight to this process's shards.
@@ -16,6 +16,8 @@ One class, three roles, one pipeline:
 - ``front`` (`aisfusion run` with workers.mode = "jetstream"): the feed listener publishes to
   the log (`jetstream.publisher`) and the front starts the local workers; it runs no vessels,
   and answers queries from the stores.
+- ``import`` (`aisfusion import`, `archive.importer`): no feed and no maintenance; the importer
+  hands an archive's messages to the router itself, in event time (`RawBatch.now`).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ from aisfusion.ticker import Ticker
 log = logging.getLogger(__name__)
 
 STATUS_TIMEOUT_S = 3.0
-Role = Literal["direct", "front", "worker"]
+Role = Literal["direct", "front", "worker", "import"]
 
 
 class Surfaces(Protocol):
@@ -139,6 +141,7 @@ class Pipeline:
         self.publisher: Publisher | None = None
         self.intake: LogIntake | None = None
         self.workers: WorkerPool | None = None
+        self.router: Router | None = None
         self.log_monitor: LogMonitor | None = None
         self.started_at: float | None = None
 
@@ -185,10 +188,15 @@ class Pipeline:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.failed.set)
 
-    def _redis_store(self, url: str) -> RedisStore:
+    def _redis_store(self, url: str, *, newer_only: bool = False) -> RedisStore:
         r = self.config.redis
         return RedisStore(
-            url, r.key_prefix, layout=r.layout, cluster=r.cluster, geo_cell_deg=r.geo_cell_deg
+            url,
+            r.key_prefix,
+            layout=r.layout,
+            cluster=r.cluster,
+            geo_cell_deg=r.geo_cell_deg,
+            newer_only=newer_only,
         )
 
     async def _start(self) -> None:
@@ -196,7 +204,9 @@ class Pipeline:
         self._loop = asyncio.get_running_loop()
         if self.role != "front":
             # First, so that a second instance on the same directories fails before anything.
-            self.spool = Spool(cfg.spool.dir, fsync=cfg.spool.fsync)
+            # An import has a spool of its own: it may run beside the service.
+            spool = Path(cfg.spool.dir) / "import" if self.role == "import" else cfg.spool.dir
+            self.spool = Spool(spool, fsync=cfg.spool.fsync)
         pg_url, redis_url, nats_url = cfg.postgres.url, cfg.redis.url, cfg.nats.url
         if self.role == "worker" and not (pg_url and redis_url and nats_url):
             raise ConfigError(
@@ -219,17 +229,17 @@ class Pipeline:
             redis_url = redis_url or self.embedded.redis_url
             nats_url = nats_url or (self.embedded.nats_url if want_nats else "")
         await self._start_stores(pg_url, redis_url)
-        if self.role != "worker":
+        if self.role in ("direct", "front"):
             # Partitions ahead, retention, soft delete, the live picture's leavers: now and
             # then every retention.interval_s (once per installation: the front does it).
             assert self.postgres is not None
             assert self.redis is not None
             self.maintenance = Maintenance(cfg.retention, self.postgres, self.redis, self.metrics)
             self.maintenance.start(self.bridge)
-        if self.role != "direct":
+        if self.role in ("front", "worker"):
             nc = self._nc = await jlog.connect(cfg.nats, nats_url, f"aisfusion-{self.role}")
             self.metrics.log_connected.labels(self.role).set_function(lambda: nc.is_connected)
-        if self.role != "worker":
+        if self.role in ("direct", "front"):
             self._feed = FeedSet()
         if self.role == "front":
             assert self._feed is not None
@@ -250,7 +260,7 @@ class Pipeline:
             self.log_monitor.start()
         else:
             live = await self._start_pipeline()
-            router = Router(self.shards, self.metrics)
+            router = self.router = Router(self.shards, self.metrics)
             if self._feed is not None:
                 await self._feed.start(cfg.feed, router, self.metrics)
             if self.role == "worker":
@@ -281,7 +291,11 @@ class Pipeline:
         log.info(
             "aisfusion %s started: %s, %s, %d shards",
             self.role,
-            "log intake" if self._feed is None else f"feed {cfg.feed.host}:{self.feed_port}",
+            f"feed {cfg.feed.host}:{self.feed_port}"
+            if self._feed is not None
+            else "log intake"
+            if self.role == "worker"
+            else "archive",
             "no surfaces"
             if self._surfaces is None
             else f"metrics http://{cfg.metrics.host}:{self.metrics_port}/metrics",
@@ -304,7 +318,7 @@ class Pipeline:
         await asyncio.wrap_future(self.bridge.submit(self.postgres.migrate()))
         await asyncio.wrap_future(self.bridge.submit(self.redis.connect()))
         self.live_bridge.start()
-        self.live = self._redis_store(redis_url)
+        self.live = self._redis_store(redis_url, newer_only=self.role == "import")
         await asyncio.wrap_future(self.live_bridge.submit(self.live.connect()))
         self._reads = StoreReads(self.bridge, self.redis, self.postgres)
         redis_status = self.redis.status()
@@ -362,9 +376,13 @@ class Pipeline:
         board = WeightBoard()
         self.sources = SourcesActor.start(cfg.sources, m, board=board, escalate=self._escalate)
         # Vessels with a live record: rehydrated from it when they report again (a worker
-        # learns them per partition it takes: `_claim`).
+        # learns them per partition it takes: `_claim`). Not an import's: its vessels start
+        # from the archive alone, so importing it again decides the same again (and stores
+        # nothing new); its live writes go only over older records instead.
         saved = (
-            [] if worker else await asyncio.wrap_future(self.bridge.submit(self.redis.live_mmsis()))
+            []
+            if worker or self.role == "import"
+            else await asyncio.wrap_future(self.bridge.submit(self.redis.live_mmsis()))
         )
         known = known_by_shard(saved, cfg.actors.shards)
         self.shards = [

@@ -29,21 +29,27 @@ class Router:
         self._dropped = metrics.router_dropped
 
     def __call__(
-        self, messages: list[RawMessage], epochs: dict[int, int] | None = None, of: int = 0
+        self,
+        messages: list[RawMessage],
+        epochs: dict[int, int] | None = None,
+        of: int = 0,
+        *,
+        now: float | None = None,
     ) -> None:
         """Hand `messages` to their shards; `epochs` (partition -> ownership epoch, of `of`
-        partitions) travels with them when they come from the log."""
+        partitions) travels with them when they come from the log, `now` (event time) when
+        they come from an archive."""
         started = time.perf_counter()
         n = len(self._shards)
         if n == 1:
-            self._tell(self._shards[0], RawBatch(messages, epochs, of))
+            self._tell(self._shards[0], RawBatch(messages, epochs, of, now))
         else:
             groups: list[list[RawMessage]] = [[] for _ in range(n)]
             for msg in messages:
                 groups[msg.mmsi % n].append(msg)
             for shard, group in zip(self._shards, groups, strict=True):
                 if group:
-                    self._tell(shard, RawBatch(group, epochs, of))
+                    self._tell(shard, RawBatch(group, epochs, of, now))
         self._stage.inc(time.perf_counter() - started)
 
     def _tell(self, shard: pykka.ActorRef[Any], batch: RawBatch) -> None:

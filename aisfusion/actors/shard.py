@@ -149,6 +149,9 @@ class ShardActor(EscalatingActor):
         )
         self._metrics = metrics
         self._clock = clock
+        # Event time (`aisfusion import`): the watermark the last batch carried. Once set, it
+        # is this shard's clock, for lateness, idleness and passivation alike.
+        self._event_now: float | None = None
         self._max_vessels = max(1, math.ceil(config.max_vessels / max(1, shards)))
         self.vessels: OrderedDict[int, Vessel] = OrderedDict()  # least recently used first
         self._parked: OrderedDict[int, tuple[Position | None, StaticReport | None]] = OrderedDict()
@@ -170,7 +173,9 @@ class ShardActor(EscalatingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case RawBatch(messages=messages, epochs=epochs, partitions=partitions):
+            case RawBatch(messages=messages, epochs=epochs, partitions=partitions, now=now):
+                if now is not None:
+                    self._event_now = now  # not the max: each archive file has its own clock
                 self._ingest(messages, epochs, partitions)
                 return None
             case Mark(upto=upto):
@@ -186,10 +191,10 @@ class ShardActor(EscalatingActor):
                 return None
             case StaticLoaded():
                 if self._statics is not None:
-                    self._statics.loaded(message, self.vessels, self._clock(), self.actor_ref)
+                    self._statics.loaded(message, self.vessels, self._now(), self.actor_ref)
                 return None
             case Tick():
-                self._sweep(self._clock())
+                self._sweep(self._now())
                 return None
             case VesselQuery(mmsi=mmsi):
                 return self._snapshot(mmsi)
@@ -203,6 +208,9 @@ class ShardActor(EscalatingActor):
             case _:
                 raise TypeError(f"shard {self.index}: unexpected message {message!r}")
 
+    def _now(self) -> float:
+        return self._clock() if self._event_now is None else self._event_now
+
     def _fallback_weight(self, key: str) -> float:
         """Weight of a source the quality actor has not published yet."""
         w = self._fallback.get(key)
@@ -215,7 +223,7 @@ class ShardActor(EscalatingActor):
         self, messages: list[Any], epochs: dict[int, int] | None = None, partitions: int = 0
     ) -> None:
         started = time.perf_counter()
-        now = self._clock()
+        now = self._now()
         stages = [0.0, 0.0, 0.0]
         weights = self._board.snapshot if self._board is not None else self._weights
         b = Batch(

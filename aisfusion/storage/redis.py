@@ -82,6 +82,7 @@ class RedisStore:
         layout: str = "auto",
         cluster: bool = False,
         geo_cell_deg: int = 0,
+        newer_only: bool = False,
     ) -> None:
         if layout != "auto" and layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}")
@@ -89,6 +90,9 @@ class RedisStore:
         self.prefix = prefix
         self.wanted_layout = layout
         self.geo_cell_deg = geo_cell_deg
+        # Write a live record only over an older one (`aisfusion import`: its vessels do not
+        # know the live picture, and an archive must not move it back in time).
+        self.newer_only = newer_only
         self._client: aioredis.Redis | None = None
         self._layout: Layout | None = None
         self.json_module: bool | None = None  # known once connected
@@ -219,6 +223,15 @@ class RedisStore:
             return
         layout, deg = self.layout, self.geo_cell_deg
         try:
+            if self.newer_only:
+                # Read, then write: a live report written in between is overwritten until
+                # that vessel's next one (an import beside the running service).
+                held = await self.live_records([p.mmsi for p in positions])
+                positions = [
+                    p for p in positions if p.mmsi not in held or p.ts > float(held[p.mmsi]["ts"])
+                ]
+                if not positions:
+                    return
             if not self._pinned:
                 await self._pin_layout(write=True)
             if deg:

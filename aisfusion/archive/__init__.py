@@ -1,0 +1,1 @@
+"""Historical archives: `aisfusion import`."""
