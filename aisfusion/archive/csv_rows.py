@@ -20,24 +20,41 @@ a reason and skipped, never raised: ``csv_columns`` (not the header's column cou
 quoting), ``csv_bad_mmsi``, ``csv_bad_time``, ``csv_bad_position`` (including the 91/181 "no
 position": a position report without one is nothing to import), ``csv_not_vessel``.
 
+The AIS side, the fields' units and not-available codes and the payloads, is `armor`'s; this
+module owns the exports' side: their layouts, their words, their rows and what is sent when.
+
 Speed: a daily MarineCadastre file has millions of rows. Lines are decoded in bulk and split
-on commas unless quoted, and types 1 and 18 (nearly every row) are packed by hand, the mirror
-of `feeds.payload.position_fields` (the tests check it bit for bit against pyais).
+on commas unless quoted, and types 1 and 18 (nearly every row) are packed by hand
+(`armor.position`).
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from base64 import b64encode
 from collections import Counter
 from datetime import UTC, datetime
 from operator import itemgetter
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
-from pyais.messages import MSG_CLASS
-from pyais.util import SIX_BIT_ENCODING
-
+from aisfusion.archive.armor import (
+    STATUS_NA,
+    Static,
+    aid_to_navigation,
+    antenna,
+    base_station,
+    cog_tenths,
+    halves,
+    heading_degrees,
+    imo_number,
+    number,
+    position,
+    sar_aircraft,
+    sar_knots,
+    six_bit_text,
+    sog_tenths,
+    static_reports,
+)
 from aisfusion.feeds.payload import routing_fields
 from aisfusion.messages import RawMessage
 
@@ -175,23 +192,11 @@ _SHIP_TYPES: Final = {
     "tanker": 80,
     "other": 90,
 }
-_NOT_AVAILABLE: Final = frozenset(("", "unknown", "undefined"))
-_SIX_BIT: Final = frozenset(SIX_BIT_ENCODING)
 
-SOG_NA: Final = 1023  # tenths of a knot
-COG_NA: Final = 3600  # tenths of a degree
-HEADING_NA: Final = 511
-STATUS_NA: Final = 15
-_TURN_NA: Final = 0x80  # -128 in 8 bits: no turn information
 # A static report goes out again this long after it changed (AIS's own interval for type 5),
 # which also keeps the repeat out of the vessel's dedup window.
 _REPEAT_S: Final = 360.0
 _STATUS_CACHE_MAX: Final = 1024  # distinct status texts remembered (a file has a few dozen)
-
-# Six-bit armoring by way of base64, which does the bit repacking in C: 168 bits are exactly
-# 21 bytes and 28 characters, no padding.
-_B64: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_B64_TO_ARMOR: Final = bytes.maketrans(_B64, bytes(v + 48 if v < 40 else v + 56 for v in range(64)))
 
 
 class CsvLayout(NamedTuple):
@@ -231,10 +236,6 @@ def detect(header: bytes) -> CsvLayout | None:
     return CsvLayout(name, len(names), tuple(index.get(f, -1) for f in FIELDS))
 
 
-# A vessel's static data as compared and sent: name, call sign, IMO, ship type, dimensions
-# (to bow, stern, port, starboard), destination; None: not known.
-Dimensions = tuple[int, int, int, int]
-Static = tuple[str | None, str | None, int | None, int | None, Dimensions | None, str | None]
 _UNKNOWN: Final[Static] = (None, None, None, None, None, None)
 
 
@@ -346,32 +347,23 @@ class CsvReader:
             rejects["csv_not_vessel"] += 1
             return
         second = int(ts % 60.0)
-        sog, cog = _speed(sog_s), _course(cog_s)
+        sog, cog = sog_tenths(sog_s), cog_tenths(cog_s)
         if msg_type in {1, 18}:
             self._static(mmsi, msg_type, ts, self._static_fields(f), out)
             status = self._status(status_s) if msg_type == 1 else 0
-            payload = _position(
-                msg_type, mmsi, status, sog, lon, lat, cog, _heading(heading_s), second
+            payload = position(
+                msg_type, mmsi, status, sog, lon, lat, cog, heading_degrees(heading_s), second
             )
             out.append(self._message(payload, 0, ts))
             return
-        fields: dict[str, Any] = {"mmsi": mmsi, "lon": lon, "lat": lat}
         if msg_type == 4:
-            t = datetime.fromtimestamp(ts, UTC)
-            fields.update(year=t.year, month=t.month, day=t.day, hour=t.hour, minute=t.minute)
+            armored, fill = base_station(mmsi, lon, lat, ts, second)
         elif msg_type == 9:
-            # A SAR aircraft reports its speed in whole knots; altitude not available.
-            v = _number(sog_s)
-            knots = round(v) if v is not None and 0.0 <= v < 1022.5 else SOG_NA
-            fields.update(speed=knots, course=cog / 10, alt=4095)
+            armored, fill = sar_aircraft(mmsi, lon, lat, sar_knots(sog_s), cog, second)
         else:  # an aid to navigation: its name and dimensions, as in its type 21
             name, _, _, _, dims, _ = _static_values(self._static_fields(f))
-            bow, stern, port, starboard = dims or (0, 0, 0, 0)
-            fields.update(
-                name=name or "", to_bow=bow, to_stern=stern, to_port=port, to_starboard=starboard
-            )
-        armored, fill = MSG_CLASS[msg_type].create(second=second, **fields).encode()
-        out.append(self._message(armored.encode("ascii"), fill, ts))
+            armored, fill = aid_to_navigation(mmsi, lon, lat, name, dims, second)
+        out.append(self._message(armored, fill, ts))
 
     def _message(self, payload: bytes, fill: int, ts: float) -> RawMessage:
         msg_type, mmsi = routing_fields(payload)
@@ -415,45 +407,8 @@ class CsvReader:
     def _send_static(
         self, mmsi: int, msg_type: int, values: Static, ts: float, out: list[RawMessage]
     ) -> None:
-        name, callsign, imo, ship_type, dims, destination = values
-        bow, stern, port, starboard = dims or (0, 0, 0, 0)
-        shape = {"to_bow": bow, "to_stern": stern, "to_port": port, "to_starboard": starboard}
-        reports: list[Any] = []
-        if msg_type == 1:
-            reports.append(
-                MSG_CLASS[5].create(
-                    mmsi=mmsi,
-                    imo=imo or 0,
-                    callsign=callsign or "",
-                    shipname=name or "",
-                    ship_type=ship_type or 0,
-                    destination=destination or "",
-                    **shape,
-                    # ETA not available
-                    month=0,
-                    day=0,
-                    hour=24,
-                    minute=60,
-                )
-            )
-        else:
-            # Each part only when it says something: the vessel would take part B's zero
-            # dimensions as reported.
-            if name is not None:
-                reports.append(MSG_CLASS[24].create(mmsi=mmsi, partno=0, shipname=name))
-            if callsign is not None or ship_type is not None or dims is not None:
-                reports.append(
-                    MSG_CLASS[24].create(
-                        mmsi=mmsi,
-                        partno=1,
-                        callsign=callsign or "",
-                        ship_type=ship_type or 0,
-                        **shape,
-                    )
-                )
-        for report in reports:
-            armored, fill = report.encode()
-            out.append(self._message(armored.encode("ascii"), fill, ts))
+        for payload, fill in static_reports(mmsi, msg_type, values):
+            out.append(self._message(payload, fill, ts))
 
 
 def _quoted(line: str) -> list[str] | None:
@@ -483,44 +438,10 @@ def _time(stamp: str, *, day_first: bool) -> float | None:
     return (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
 
 
-def _number(s: str) -> float | None:
-    """A finite number, or None (empty, "Unknown", NaN, ...)."""
-    if not s:
-        return None
-    try:
-        v = float(s)
-    except ValueError:
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _speed(s: str) -> int:
-    """Speed over ground in tenths of a knot (102.3 and beyond: not available)."""
-    v = _number(s)
-    if v is None or not 0.0 <= v < 102.25:
-        return SOG_NA
-    return round(v * 10)
-
-
-def _course(s: str) -> int:
-    """Course over ground in tenths of a degree (360 and beyond: not available)."""
-    v = _number(s)
-    if v is None or not 0.0 <= v < 360.0:
-        return COG_NA
-    return round(v * 10) % 3600  # 359.96 is 0.0, not the not-available 360.0
-
-
-def _heading(s: str) -> int:
-    v = _number(s)
-    if v is None or not 0.0 <= v < 360.0:
-        return HEADING_NA
-    return round(v) % 360
-
-
 def _status_code(text: str) -> int:
     """A navigational status code from MarineCadastre's number or DMA's words."""
     t = text.strip().lower()
-    v = _number(t)
+    v = number(t)
     if v is not None:
         return int(v) if v.is_integer() and 0 <= v <= STATUS_NA else STATUS_NA
     for phrase, code in _STATUS_PHRASES:
@@ -529,109 +450,23 @@ def _status_code(text: str) -> int:
     return STATUS_NA
 
 
-def _position(
-    msg_type: int,
-    mmsi: int,
-    status: int,
-    sog: int,
-    lon: float,
-    lat: float,
-    cog: int,
-    heading: int,
-    second: int,
-) -> bytes:
-    """The armored payload of a type 1 or type 18 position report (168 bits, no fill bits).
-
-    Bit for bit what pyais encodes for these fields (rounding the position as it does), with
-    everything else zero: repeat 0, no turn information (type 1), maneuver not available, no
-    RAIM, no radio status, class B flags clear.
-    """
-    x = round(lon * 600000.0) & 0xFFFFFFF
-    y = round(lat * 600000.0) & 0x7FFFFFF
-    if msg_type == 1:
-        bits = (
-            (1 << 162)
-            | (mmsi << 130)
-            | (status << 126)
-            | (_TURN_NA << 118)
-            | (sog << 108)
-            | (x << 79)
-            | (y << 52)
-            | (cog << 40)
-            | (heading << 31)
-            | (second << 25)
-        )
-    else:
-        bits = (
-            (18 << 162)
-            | (mmsi << 130)
-            | (sog << 112)
-            | (x << 83)
-            | (y << 56)
-            | (cog << 44)
-            | (heading << 35)
-            | (second << 29)
-        )
-    return b64encode(bits.to_bytes(21, "big")).translate(_B64_TO_ARMOR)
-
-
 def _static_values(raw: tuple[str, ...]) -> Static:
     """A row's static columns (in `_STATIC_FIELDS` order) as sent; None where not available."""
     name, callsign, imo, ship_type, length, width, bow, stern, port, starboard, dest = raw
     return (
-        _text(name, 20),
-        _text(callsign, 7),
-        _imo(imo),
+        six_bit_text(name, 20),
+        six_bit_text(callsign, 7),
+        imo_number(imo),
         _ship_type(ship_type),
-        _antenna(bow, stern, port, starboard) or _halves(length, width),
-        _text(dest, 20),
+        antenna(bow, stern, port, starboard) or halves(length, width),
+        six_bit_text(dest, 20),
     )
-
-
-def _text(s: str, width: int) -> str | None:
-    """AIS six-bit text: upper case, other characters as "?", at most `width` characters,
-    without the padding "@" and spaces the vessel strips."""
-    t = s.strip()
-    if t.lower() in _NOT_AVAILABLE:
-        return None
-    t = "".join(c if c in _SIX_BIT else "?" for c in t.upper())[:width].strip("@ ")
-    return t or None
-
-
-def _imo(s: str) -> int | None:
-    t = s.strip().upper().removeprefix("IMO")
-    try:
-        v = int(t)
-    except ValueError:
-        return None
-    return v if 0 < v < 1 << 30 else None
 
 
 def _ship_type(s: str) -> int | None:
     """MarineCadastre's AIS code (its pre-2018 codes above 255 are not AIS ones), DMA's
     words; None: not available."""
-    v = _number(s)
+    v = number(s)
     if v is None:
         return _SHIP_TYPES.get(s.strip().lower())
     return int(v) if v.is_integer() and 0 < v < 100 else None
-
-
-def _metres(s: str, limit: int) -> int:
-    v = _number(s)
-    return 0 if v is None or v <= 0 else min(round(v), limit)
-
-
-def _antenna(bow: str, stern: str, port: str, starboard: str) -> Dimensions | None:
-    """DMA's A, B, C, D: the antenna's distances to bow, stern, port, starboard (the AIS
-    fields' widths cap them at 511 and 63 m)."""
-    dims = (_metres(bow, 511), _metres(stern, 511), _metres(port, 63), _metres(starboard, 63))
-    return dims if any(dims) else None
-
-
-def _halves(length: str, width: str) -> Dimensions | None:
-    """Length and width as an antenna amidships: an approximation, for files that do not say
-    where the antenna is (MarineCadastre, old DMA files)."""
-    along, across = _metres(length, 1022), _metres(width, 126)
-    if not (along or across):
-        return None
-    return (along - along // 2, along // 2, across // 2, across - across // 2)

@@ -17,7 +17,6 @@ from aisfusion.actors import fusion
 from aisfusion.actors.batch import Batch
 from aisfusion.actors.static import fuse_static, plain
 from aisfusion.actors.vessel import Vessel
-from aisfusion.archive import csv_rows
 from aisfusion.archive.csv_rows import CsvReader, detect
 from aisfusion.config import ActorsConfig, FusionConfig
 from aisfusion.feeds.payload import position_fields, routing_fields
@@ -587,45 +586,3 @@ def test_arbitrary_rows_are_counted_never_raised(case: tuple[bytes, list[bytes]]
     assert reader.messages == len(msgs)
     for m in msgs:
         decoded(m)
-
-
-# -- the hand-packed position reports -------------------------------------------------------
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.sampled_from([1, 18]),
-    st.integers(1, 999_999_999),
-    st.integers(0, 15),
-    st.integers(0, 1023),
-    st.floats(-181.0, 181.0),
-    st.floats(-91.0, 91.0),
-    st.integers(0, 3600),
-    st.integers(0, 511),
-    st.integers(0, 63),
-)
-def test_position_packing_is_pyais_encoding(
-    msg_type: int,
-    mmsi: int,
-    status: int,
-    sog: int,
-    lon: float,
-    lat: float,
-    cog: int,
-    heading: int,
-    second: int,
-) -> None:
-    ours = csv_rows._position(msg_type, mmsi, status, sog, lon, lat, cog, heading, second)
-    fields: dict[str, Any] = {
-        "mmsi": mmsi,
-        "speed": sog / 10,
-        "lon": lon,
-        "lat": lat,
-        "course": cog / 10,
-        "heading": heading,
-        "second": second,
-    }
-    if msg_type == 1:
-        fields |= {"status": status, "turn": -128, "maneuver": 0}
-    armored, fill = MSG_CLASS[msg_type].create(**fields).encode()
-    assert (ours, 0) == (armored.encode(), fill)
