@@ -63,22 +63,48 @@ def _rate(text: str) -> float:
     return rate
 
 
-async def _import(config: Config, args: argparse.Namespace) -> int:
+def _part(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with I < N, got {text!r}")
+    return int(index), int(count)
+
+
+def _import(config: Config, args: argparse.Namespace) -> int:
     from aisfusion.archive import report
     from aisfusion.archive.importer import Timing, import_files
+    from aisfusion.archive.parts import run_parts
+    from aisfusion.jetstream.workers import default_count
 
-    summary = await import_files(
-        config,
-        args.files,
-        source=args.source,
-        fmt=args.format,
-        timing=Timing(args.assume_rate, args.start_time),
-        progress=report.progress_bar() if sys.stderr.isatty() else None,
-    )
+    jobs = 1 if "-" in args.files else (args.jobs or default_count())
+    if args.part is None and jobs > 1:
+        passed = [*_config_args(args), "--source", args.source]
+        for flag, value in (
+            ("--format", args.format),
+            ("--assume-rate", args.assume_rate),
+            ("--start-time", args.start_time),
+        ):
+            if value is not None:
+                passed += [flag, str(value)]
+        summary = run_parts(config, args.files, jobs, passed)
+    else:
+        first = args.part is None or args.part[0] == 0
+        summary = uvloop.run(
+            import_files(
+                config,
+                args.files,
+                source=args.source,
+                fmt=args.format,
+                timing=Timing(args.assume_rate, args.start_time),
+                progress=report.progress_bar() if first and sys.stderr.isatty() else None,
+                part=args.part or (0, 1),
+            )
+        )
     print(report.as_json(summary) if args.json else report.render(summary), flush=True)
-    for f in summary.files:
-        if f.error is not None:
-            print(f"aisfusion import: {f.name}: {f.error}", file=sys.stderr)
+    if args.part is None:  # a part's errors are its parent's to tell
+        for f in summary.files:
+            if f.error is not None:
+                print(f"aisfusion import: {f.name}: {f.error}", file=sys.stderr)
     return 0 if summary.ok else 1
 
 
@@ -225,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         "with --assume-rate: the file's modification time less its lines at that rate)",
     )
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    imp.add_argument(
+        "--jobs",
+        type=_count,
+        metavar="N",
+        help="processes deciding a share of the vessels each (default, and 0: one per core)",
+    )
+    imp.add_argument("--part", type=_part, help=argparse.SUPPRESS)  # one of the --jobs
 
     demo = sub.add_parser("demo", help="embedded servers + simulated receivers + summary")
     with_config(demo)
@@ -306,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             # Errors only: the progress bar and the summary say how it goes (a live feed's
             # warnings, such as sources demoted, would bury the bar).
             logs.configure("ERROR")
-            return uvloop.run(_import(config, args))
+            return _import(config, args)
         if args.command == "demo":
             from aisfusion.traffic.demo import run_demo
 

@@ -78,7 +78,8 @@ class FileReport(msgspec.Struct):
     lines: int = 0
     messages: int = 0
     timed: int = 0  # messages with a receive time of their own
-    rejects: dict[str, int] = msgspec.field(default_factory=dict)
+    rejects: dict[str, int] = msgspec.field(default_factory=dict)  # framing's and `refused`
+    refused: dict[str, int] = msgspec.field(default_factory=dict)  # the importer's (its part)
     span: tuple[float, float] | None = None
     error: str | None = None
 
@@ -90,7 +91,8 @@ class Summary(msgspec.Struct):
     positions_stored: int
     decided: int
     static_reports: int
-    rejects: dict[str, int]
+    rejects: dict[str, int]  # the files' and the vessels'
+    vessel_rejects: dict[str, int]
     span: tuple[float, float] | None
     seconds: float
     messages_per_s: float
@@ -120,6 +122,7 @@ class Importer:
         fmt: str | None = None,
         timing: Timing | None = None,
         progress: Callable[[Input], Any] | None = None,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
         if pipeline.router is None or not pipeline.shards:
             raise RuntimeError("the pipeline is not running")
@@ -132,6 +135,8 @@ class Importer:
         self._format = fmt
         self._timing = timing or Timing()
         self._progress = progress
+        # (i, n): this process decides the vessels with mmsi % n == i (`archive.parts`).
+        self._part = part
         self._ahead: deque[list[pykka.Future[Any]]] = deque()
         actors = self._config.actors
         self._future_s = actors.max_future_skew_s
@@ -199,6 +204,7 @@ class Importer:
         self._take(last, report, own, clock, timing)
         report.lines, report.messages = reader.lines, reader.messages
         report.rejects = {str(k): n for k, n in sorted((reader.rejects + own).items())}
+        report.refused = dict(sorted(own.items()))
         report.span = clock.span
         if report.messages and not report.timed and not timing.given:
             report.error = (
@@ -251,10 +257,17 @@ class Importer:
         replace = msgspec.structs.replace
         rate, start = timing.rate, timing.start
         keep_from = self._keep_from
+        index, parts = self._part
         for msg in msgs:
+            # Timed ones are counted in every part: whether the file has times at all.
+            mine = parts == 1 or msg.mmsi % parts == index
             if msg.has_tag_time:
-                t = msg.received_at
                 report.timed += 1
+                if not mine:
+                    continue
+                t = msg.received_at
+            elif not mine:
+                continue
             elif rate is not None and start is not None:
                 # Fed at time 0, the decoder times line i at i µs.
                 t = start + round(msg.arrival * _US) / rate
@@ -293,32 +306,53 @@ class Importer:
 
     def _summary(self, reports: list[FileReport], seconds: float) -> Summary:
         registry = self._metrics.registry
-        rejects: Counter[str] = Counter()
-        for report in reports:
-            rejects.update(report.rejects)
+        vessels: Counter[str] = Counter()
         for metric in registry.collect():
             if metric.name == "aisfusion_vessel_rejected":
                 for sample in metric.samples:
                     if sample.name.endswith("_total") and sample.value:
-                        rejects[sample.labels["reason"]] += int(sample.value)
+                        vessels[sample.labels["reason"]] += int(sample.value)
 
         def value(name: str, **labels: str) -> int:
             return int(registry.get_sample_value(name, labels) or 0)
 
-        spans = [r.span for r in reports if r.span is not None]
-        messages = sum(r.messages for r in reports)
-        return Summary(
-            files=reports,
-            lines=sum(r.lines for r in reports),
-            messages=messages,
+        return summary(
+            reports,
             positions_stored=value("aisfusion_batch_rows_total", store="postgres"),
             decided=value("aisfusion_decisions_total"),
             static_reports=value("aisfusion_static_reports_total"),
-            rejects=dict(sorted(rejects.items())),
-            span=(min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None,
-            seconds=round(seconds, 3),
-            messages_per_s=round(messages / seconds, 1) if seconds > 0 else 0.0,
+            vessel_rejects=vessels,
+            seconds=seconds,
         )
+
+
+def summary(
+    reports: list[FileReport],
+    *,
+    positions_stored: int,
+    decided: int,
+    static_reports: int,
+    vessel_rejects: Counter[str],
+    seconds: float,
+) -> Summary:
+    rejects = Counter(vessel_rejects)
+    for report in reports:
+        rejects.update(report.rejects)
+    spans = [r.span for r in reports if r.span is not None]
+    messages = sum(r.messages for r in reports)
+    return Summary(
+        files=reports,
+        lines=sum(r.lines for r in reports),
+        messages=messages,
+        positions_stored=positions_stored,
+        decided=decided,
+        static_reports=static_reports,
+        rejects=dict(sorted(rejects.items())),
+        vessel_rejects=dict(sorted(vessel_rejects.items())),
+        span=(min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None,
+        seconds=round(seconds, 3),
+        messages_per_s=round(messages / seconds, 1) if seconds > 0 else 0.0,
+    )
 
 
 class _Clock:
@@ -381,12 +415,16 @@ async def import_files(
     fmt: str | None = None,
     timing: Timing | None = None,
     progress: Callable[[Input], Any] | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> Summary:
-    """`aisfusion import`: a pipeline of its own on the configured stores, for these files."""
+    """`aisfusion import`: a pipeline of its own on the configured stores, for these files
+    (with `part`, for the vessels of that part only)."""
     pipeline = Pipeline(config, role="import")
     await pipeline.start()
     try:
-        importer = Importer(pipeline, source=source, fmt=fmt, timing=timing, progress=progress)
+        importer = Importer(
+            pipeline, source=source, fmt=fmt, timing=timing, progress=progress, part=part
+        )
         return await importer.run(names)
     finally:
         await pipeline.stop()

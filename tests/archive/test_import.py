@@ -369,3 +369,27 @@ def test_a_terminal_shows_a_progress_bar(stores: Stores) -> None:
     assert "100%" in text
     assert "lines=10,000" in text
     assert "rejects=" in text
+
+
+async def test_jobs_split_the_vessels_and_sum_to_one_process(
+    stores: Stores, servers: Any, tmp_path: Path
+) -> None:
+    """`--jobs 3`: three processes, each deciding its third of the vessels, store what one
+    does, and their summary is one process's (lines and framing rejects counted once)."""
+    path = SHARED_DATA / "gfw-listener-tagblock.nmea"
+    alone = await import_files(stores.config(), [str(path)])
+    single = sorted(await rows(stores.pg_url))
+    other = Stores(
+        await fresh_database(servers.postgres_url),
+        servers.redis_url,
+        unique_name("imp") + ":",
+        str(tmp_path / "spool-jobs"),
+    )
+    done = run_cli(str(path), "--json", "--jobs", "3", *other.settings())
+    assert done.returncode == 0, done.stderr.decode()
+    split = summary_of(done)
+    assert sorted(await rows(other.pg_url)) == single
+    assert (split.lines, split.messages) == (alone.lines, alone.messages)
+    assert split.positions_stored == alone.positions_stored == len(single)
+    assert split.rejects == alone.rejects
+    assert split.span == alone.span
