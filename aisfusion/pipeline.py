@@ -214,13 +214,8 @@ class Pipeline:
             )
         want_nats = self.role == "front" and not nats_url
         if not pg_url or not redis_url or want_nats:
-            self.embedded = EmbeddedServers(
-                Path(cfg.embedded.data_dir),
-                run_as=cfg.embedded.run_as,
-                start_timeout_s=cfg.embedded.start_timeout_s,
-                postgres=not pg_url,
-                redis=not redis_url,
-                nats=want_nats,
+            self.embedded = EmbeddedServers.configured(
+                cfg.embedded, postgres=not pg_url, redis=not redis_url, nats=want_nats
             )
             # Called on the main thread on purpose: the servers' parent-death signal follows
             # the thread that started them.

@@ -182,11 +182,7 @@ class Importer:
         for data, position in inp.chunks():
             if reader is None:
                 reader = self._reader(data, report)
-            if isinstance(reader, csv_rows.CsvReader):
-                msgs = reader.feed(data)
-            else:
-                msgs = reader.feed(data, 0.0)
-            self._take(msgs, report, own, clock, timing)
+            self._take(_feed(reader, data), report, own, clock, timing)
             if bar is not None:
                 bar.update(position - bar.n if position else len(data))
                 rejects = sum(own.values()) + sum(reader.rejects.values())
@@ -200,8 +196,7 @@ class Importer:
         report.compression = inp.compression
         if reader is None:
             return  # an empty file
-        last = reader.flush() if isinstance(reader, csv_rows.CsvReader) else reader.flush(0.0)
-        self._take(last, report, own, clock, timing)
+        self._take(_feed(reader, None), report, own, clock, timing)
         report.lines, report.messages = reader.lines, reader.messages
         report.rejects = {str(k): n for k, n in sorted((reader.rejects + own).items())}
         report.refused = dict(sorted(own.items()))
@@ -338,7 +333,6 @@ def summary(
     rejects = Counter(vessel_rejects)
     for report in reports:
         rejects.update(report.rejects)
-    spans = [r.span for r in reports if r.span is not None]
     messages = sum(r.messages for r in reports)
     return Summary(
         files=reports,
@@ -349,10 +343,16 @@ def summary(
         static_reports=static_reports,
         rejects=dict(sorted(rejects.items())),
         vessel_rejects=dict(sorted(vessel_rejects.items())),
-        span=(min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None,
+        span=span_of([r.span for r in reports]),
         seconds=round(seconds, 3),
         messages_per_s=round(messages / seconds, 1) if seconds > 0 else 0.0,
     )
+
+
+def span_of(spans: list[tuple[float, float] | None]) -> tuple[float, float] | None:
+    """The time span covering `spans` (None: none known)."""
+    known = [s for s in spans if s is not None]
+    return (min(s[0] for s in known), max(s[1] for s in known)) if known else None
 
 
 class _Clock:
@@ -397,6 +397,14 @@ class _Clock:
             out.append((msgs[begin:], w if w != -math.inf else time.time()))
         self.watermark = w
         return out
+
+
+def _feed(reader: FeedDecoder | csv_rows.CsvReader, data: bytes | None) -> list[RawMessage]:
+    """A chunk to the file's reader (None: the end). An NMEA file is fed at time 0, so the
+    decoder times line i at i µs (`_take` times untimed lines from that)."""
+    if isinstance(reader, csv_rows.CsvReader):
+        return reader.flush() if data is None else reader.feed(data)
+    return reader.flush(0.0) if data is None else reader.feed(data, 0.0)
 
 
 def _count_lines(name: str) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from aisfusion.archive.importer import Summary, summary
+from aisfusion.archive.importer import Summary, span_of, summary
 from aisfusion.config import Config
 from aisfusion.errors import AisFusionError
 from aisfusion.storage.embedded import EmbeddedServers
@@ -33,12 +33,8 @@ def run_parts(config: Config, files: list[str], jobs: int, child_args: list[str]
     pg_url, redis_url = config.postgres.url, config.redis.url
     embedded = None
     if not pg_url or not redis_url:
-        embedded = EmbeddedServers(
-            Path(config.embedded.data_dir),
-            run_as=config.embedded.run_as,
-            start_timeout_s=config.embedded.start_timeout_s,
-            postgres=not pg_url,
-            redis=not redis_url,
+        embedded = EmbeddedServers.configured(
+            config.embedded, postgres=not pg_url, redis=not redis_url
         )
         embedded.start()
         pg_url = pg_url or embedded.postgres_url
@@ -86,13 +82,12 @@ def merged(parts: list[Summary], seconds: float) -> Summary:
         rejects = Counter(report.rejects)
         rejects.subtract(report.refused)
         rejects.update(refused)
-        spans = [p.files[n].span for p in parts if p.files[n].span is not None]
         files.append(
             msgspec.structs.replace(
                 report,
                 rejects={k: v for k, v in sorted(rejects.items()) if v},
                 refused=dict(sorted(refused.items())),
-                span=_span(spans),
+                span=span_of([p.files[n].span for p in parts]),
                 error=next((p.files[n].error for p in parts if p.files[n].error), None),
             )
         )
@@ -107,8 +102,3 @@ def merged(parts: list[Summary], seconds: float) -> Summary:
         vessel_rejects=vessels,
         seconds=seconds,
     )
-
-
-def _span(spans: list[tuple[float, float] | None]) -> tuple[float, float] | None:
-    known = [s for s in spans if s is not None]
-    return (min(s[0] for s in known), max(s[1] for s in known)) if known else None

@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from aisfusion.config import EmbeddedConfig
 from aisfusion.errors import DataDirLockedError, EmbeddedServerError
 from aisfusion.storage import binaries
 from aisfusion.storage.pgcluster import PG_USER, PgCluster, discard_moved_data, postgres_ready
@@ -111,6 +112,20 @@ class EmbeddedServers:
         self._pg = PgCluster(self.data_dir, run_as, start_timeout_s, self.data_dir / "postgres.log")
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def configured(
+        cls, config: EmbeddedConfig, *, postgres: bool, redis: bool, nats: bool = False
+    ) -> EmbeddedServers:
+        """The servers `[embedded]` describes, for the stores the settings leave unset."""
+        return cls(
+            Path(config.data_dir),
+            run_as=config.run_as,
+            start_timeout_s=config.start_timeout_s,
+            postgres=postgres,
+            redis=redis,
+            nats=nats,
+        )
 
     def start(self) -> None:
         """Start the servers asked for and wait until each accepts connections. Idempotent."""

@@ -70,14 +70,19 @@ class Stores(msgspec.Struct):
         ]
 
 
-@pytest.fixture
-async def stores(servers: Any, tmp_path: Path) -> Stores:
+async def fresh_stores(servers: Any, spool: Path) -> Stores:
+    """A database and a key prefix of their own on the test servers."""
     return Stores(
         await fresh_database(servers.postgres_url),
         servers.redis_url,
         unique_name("imp") + ":",
-        str(tmp_path / "spool"),
+        str(spool),
     )
+
+
+@pytest.fixture
+async def stores(servers: Any, tmp_path: Path) -> Stores:
+    return await fresh_stores(servers, tmp_path / "spool")
 
 
 async def rows(pg_url: str) -> list[tuple[int, float, float, float]]:
@@ -379,12 +384,7 @@ async def test_jobs_split_the_vessels_and_sum_to_one_process(
     path = SHARED_DATA / "gfw-listener-tagblock.nmea"
     alone = await import_files(stores.config(), [str(path)])
     single = sorted(await rows(stores.pg_url))
-    other = Stores(
-        await fresh_database(servers.postgres_url),
-        servers.redis_url,
-        unique_name("imp") + ":",
-        str(tmp_path / "spool-jobs"),
-    )
+    other = await fresh_stores(servers, tmp_path / "spool-jobs")
     done = run_cli(str(path), "--json", "--jobs", "3", *other.settings())
     assert done.returncode == 0, done.stderr.decode()
     split = summary_of(done)

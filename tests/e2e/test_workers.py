@@ -187,6 +187,14 @@ def fronts() -> Iterator[list[Front]]:
         front.stop()
 
 
+async def first_of(front: Front, worker: int, count: str, failure: str) -> None:
+    """Wait (up to 10 s) until worker `worker`'s log `count` (acked, consumed) is above 0."""
+    deadline = time.monotonic() + 10
+    while (await asyncio.to_thread(front.worker_status, worker))["log"][count] == 0:
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(0.05)
+
+
 async def send(port: int, lines: list[str], rate: float | None = None) -> None:
     """Send `lines` over one connection, at about `rate` lines/s (None: at once)."""
     _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -290,10 +298,7 @@ async def test_kill_9_of_a_worker_moves_its_partitions_and_loses_nothing(
     sending = asyncio.create_task(send_both(front.feed_port, lines, rate=2000))
     # Mid-stream: the victim has committed some of its share (so its vessels have positions
     # under its epoch) and taken messages from the log it has not committed.
-    deadline = time.monotonic() + 10
-    while (await asyncio.to_thread(front.worker_status, 0))["log"]["acked"] == 0:
-        assert time.monotonic() < deadline, "the victim committed nothing"
-        await asyncio.sleep(0.05)
+    await first_of(front, 0, "acked", "the victim committed nothing")
     await asyncio.sleep(0.2)
     kill9(victim["pid"])
     assert len(await stored(own_servers.postgres_url)) < len(expected)  # mid-stream indeed
@@ -414,10 +419,7 @@ async def test_a_paused_worker_loses_its_partitions_and_nothing_else(
     share = set(paused["log"]["partitions"])
     assert share
     sending = asyncio.create_task(send_both(front.feed_port, lines, rate=2000))
-    deadline = time.monotonic() + 10
-    while (await asyncio.to_thread(front.worker_status, 0))["log"]["consumed"] == 0:
-        assert time.monotonic() < deadline, "the worker took nothing"
-        await asyncio.sleep(0.05)
+    await first_of(front, 0, "consumed", "the worker took nothing")
     os.kill(paused["pid"], signal.SIGSTOP)
     try:
         # Past the lease (2 s): the other worker owns everything.
